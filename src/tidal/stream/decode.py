@@ -1,0 +1,85 @@
+"""Consumed Kafka messages → a :class:`~tidal.stream.batch.Batch`, in one pass per column.
+
+With a schema, every value is parsed and type-checked by msgspec in C; records that are not
+valid JSON, lack a required field or have a wrong type become rejects with a reason, and the
+rest of the batch goes on. Without a schema, values are parsed with orjson into dicts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import msgspec
+import numpy as np
+import orjson
+
+from tidal.quality.schema import Schema, classify
+from tidal.stream.batch import Batch, Reject
+
+__all__ = ["decode_messages", "next_offsets"]
+
+STEP = "decode"
+
+
+def next_offsets(topics: Sequence[str], partitions: np.ndarray, offsets: np.ndarray) -> dict[tuple[str, int], int]:
+    """The offset to commit per (topic, partition): one past the last message seen."""
+    out: dict[tuple[str, int], int] = {}
+    for t, p, o in zip(topics, partitions.tolist(), offsets.tolist()):
+        key = (t, p)
+        if o >= out.get(key, -1):
+            out[key] = o + 1
+    return out
+
+
+def decode_messages(msgs: Sequence[Any], schema: Schema | None = None) -> tuple[Batch, dict[tuple[str, int], int]]:
+    """Decode ``confluent_kafka.Message`` objects (without errors) into a batch.
+
+    Returns the batch (bad records already moved to ``batch.rejected``) and the offsets to
+    commit once the batch is delivered: one past the last message per (topic, partition).
+    """
+    n = len(msgs)
+    values = [m.value() for m in msgs]
+    batch = Batch(
+        values=values,
+        keys=[m.key() for m in msgs],
+        topics=[m.topic() for m in msgs],
+        partitions=np.fromiter((m.partition() for m in msgs), np.int32, n),
+        offsets=np.fromiter((m.offset() for m in msgs), np.int64, n),
+        timestamps=np.fromiter((m.timestamp()[1] for m in msgs), np.int64, n),
+        rows=[],
+        types={f.name: f.type for f in schema.fields} if schema else {},
+    )
+    offsets = next_offsets(batch.topics, batch.partitions, batch.offsets)
+    decode = schema.one_decoder.decode if schema else orjson.loads
+    try:
+        batch.rows = list(map(decode, values))
+        if schema is None and not all(type(r) is dict for r in batch.rows):
+            raise msgspec.ValidationError("Expected `object`")
+        return batch, offsets
+    except (msgspec.DecodeError, msgspec.ValidationError, orjson.JSONDecodeError, TypeError):
+        pass
+    # Slow path, only for batches holding a bad record: find each one and say why.
+    rows: list[Any] = []
+    errors: list[tuple[str, str] | None] = []
+    for v in values:
+        try:
+            if v is None:
+                raise msgspec.DecodeError("JSON is malformed: empty message (tombstone)")
+            row = decode(v)
+            if schema is None and type(row) is not dict:
+                raise msgspec.ValidationError(f"Expected `object`, got `{type(row).__name__}`")
+            rows.append(row)
+            errors.append(None)
+        except (msgspec.DecodeError, msgspec.ValidationError, orjson.JSONDecodeError) as exc:
+            err = classify(exc if not isinstance(exc, orjson.JSONDecodeError) else msgspec.DecodeError(str(exc)))
+            rows.append(None)
+            errors.append((err.reason, err.message))
+    batch.rows = rows
+    bad = np.fromiter((e is not None for e in errors), bool, n)
+    kept = batch.select(~bad)
+    kept.rejected.extend(
+        Reject(values[i], batch.keys[i], batch.topics[i], int(batch.partitions[i]), int(batch.offsets[i]),
+               int(batch.timestamps[i]), e[0], e[1], STEP)
+        for i, e in enumerate(errors) if e is not None
+    )
+    return kept, offsets

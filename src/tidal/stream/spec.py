@@ -1,0 +1,109 @@
+"""Pipelines declared in YAML, for ``tidal run pipeline.yaml``.
+
+.. code-block:: yaml
+
+    pipeline: fraud                 # topics default to fraud.events → fraud.predictions, fraud.dlq
+    schema:                         # field: type (float, int, str, bool) or {type:, required:}
+      amount: float
+      merchant_category: str
+    steps:
+      - score: {model: models/fraud-v1, threshold: 0.5}   # paths are relative to this file
+      - python: mypackage.steps:flag_large                 # a Step class or a batch -> batch function
+        args: {limit: 1000}
+    batch: {max_batch: 5000, max_wait_ms: 50}
+    exactly_once: false
+    kafka: {consumer: {}, producer: {}}                    # extra librdkafka settings
+
+>>> p = from_dict({"pipeline": "t", "schema": {"x": "float"}, "batch": {"max_batch": 10}})
+>>> p.sources, p.sink, p.max_batch, p.schema.names
+(['t.events'], 't.predictions', 10, ['x'])
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+from tidal.quality.schema import Schema
+from tidal.stream.pipeline import Pipeline
+from tidal.stream.step import FunctionStep, Step
+
+__all__ = ["load_pipeline", "from_dict", "STEP_TYPES"]
+
+_KNOWN = {"pipeline", "name", "source", "sources", "sink", "dlq", "group", "schema", "steps", "batch",
+          "exactly_once", "partitions", "kafka"}
+
+
+def _score(args: Mapping[str, Any], base: Path) -> Step:
+    from tidal.models.score import ScoreStep
+
+    args = dict(args)
+    model = Path(args.pop("model"))
+    return ScoreStep.from_path(str(model if model.is_absolute() else base / model), **args)
+
+
+def _python(target: str, args: Mapping[str, Any]) -> Step:
+    module, _, attr = str(target).partition(":")
+    if not attr:
+        raise ValueError(f"python step {target!r}: expected 'module:attribute'")
+    obj: Any = getattr(importlib.import_module(module), attr)
+    if inspect.isclass(obj):
+        return obj(**args)
+    if args:
+        obj = obj(**args)  # a factory returning a step or a function
+    return obj if isinstance(obj, Step) else FunctionStep(obj, name=attr)
+
+
+STEP_TYPES: dict[str, Callable[..., Step]] = {"score": _score}
+
+
+def _step(entry: Mapping[str, Any], base: Path) -> Step:
+    entry = dict(entry)
+    if "python" in entry:
+        return _python(entry["python"], entry.get("args") or {})
+    if len(entry) != 1 or next(iter(entry)) not in STEP_TYPES:
+        raise ValueError(f"unknown step {entry!r}; use one of {sorted(STEP_TYPES)} or 'python: module:attr'")
+    kind, args = next(iter(entry.items()))
+    return STEP_TYPES[kind](args or {}, base)
+
+
+def from_dict(spec: Mapping[str, Any], base: str | Path = ".") -> Pipeline:
+    """A :class:`Pipeline` from the YAML structure above (``base``: folder for relative paths)."""
+    unknown = set(spec) - _KNOWN
+    if unknown:
+        raise ValueError(f"unknown pipeline keys {sorted(unknown)}; known: {sorted(_KNOWN)}")
+    name = spec.get("pipeline") or spec.get("name")
+    if not name:
+        raise ValueError("a pipeline needs a name: `pipeline: <name>`")
+    base = Path(base)
+    sources = spec.get("sources") or spec.get("source")
+    batch = spec.get("batch") or {}
+    kafka = spec.get("kafka") or {}
+    return Pipeline(
+        name=name,
+        steps=[_step(s, base) for s in spec.get("steps") or []],
+        schema=Schema.from_dict(spec["schema"]) if spec.get("schema") else None,
+        sources=[sources] if isinstance(sources, str) else sources,
+        sink=spec.get("sink"),
+        dlq=spec.get("dlq"),
+        group=spec.get("group"),
+        max_batch=int(batch.get("max_batch", 5000)),
+        max_wait_ms=int(batch.get("max_wait_ms", 50)),
+        exactly_once=bool(spec.get("exactly_once", False)),
+        partitions=int(spec.get("partitions", 4)),
+        consumer_config=dict(kafka.get("consumer") or {}),
+        producer_config=dict(kafka.get("producer") or {}),
+    )
+
+
+def load_pipeline(path: str | Path) -> Pipeline:
+    """Read a pipeline YAML file."""
+    path = Path(path)
+    spec = yaml.safe_load(path.read_text())
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return from_dict(spec, path.parent)

@@ -1,0 +1,298 @@
+"""The worker: runs a pipeline on Kafka, one micro-batch at a time.
+
+One batch is one ordered sequence, written once, here:
+
+1. **consume** up to ``max_batch`` messages or ``max_wait_ms``;
+2. **decode** into columns; undecodable records become rejects;
+3. **steps** transform the whole batch; a step that raises rejects the batch it got;
+4. **produce** outputs to the sink and rejects to the DLQ (original bytes + reason headers);
+5. **deliver**: at-least-once waits until the broker acknowledged every record of the batch,
+   then commits the batch's offsets; exactly-once (``exactly_once=True``) instead commits
+   outputs and offsets in one Kafka transaction (``send_offsets_to_transaction``).
+
+Offsets are never committed for a record whose output was not acknowledged, so a crash at
+any point loses nothing (at-least-once may repeat the last batch; exactly-once does not).
+Workers sharing ``pipeline.group`` split the partitions; revoked partitions are committed
+before they leave. SIGTERM / SIGINT finish the current batch, commit, and exit cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from itertools import repeat
+from typing import Any, Callable
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from tidal.config import KafkaSettings
+from tidal.stream.batch import Batch, Reject
+from tidal.stream.decode import decode_messages
+from tidal.stream.encode import dlq_headers, encode_outputs
+from tidal.stream.pipeline import Pipeline
+
+__all__ = ["Worker", "WorkerStats", "DeliveryFailed"]
+
+log = logging.getLogger("tidal.worker")
+
+
+class DeliveryFailed(RuntimeError):
+    """The broker did not acknowledge a batch's outputs; its offsets were not committed."""
+
+
+@dataclass
+class WorkerStats:
+    """Running counts of one worker, as plain numbers (``as_dict`` for JSON)."""
+
+    events_in: int = 0
+    outputs: int = 0
+    dlq: Counter = field(default_factory=Counter)
+    batches: int = 0
+    commits: int = 0
+    rebalances: int = 0
+    aborted: int = 0
+    busy_s: float = 0.0
+    started_at: float = field(default_factory=time.time)
+    first_event_at: float | None = None
+    last_event_at: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"events_in": self.events_in, "outputs": self.outputs, "dlq": dict(self.dlq),
+                "dlq_total": sum(self.dlq.values()), "batches": self.batches, "commits": self.commits,
+                "rebalances": self.rebalances, "aborted_transactions": self.aborted, "busy_s": round(self.busy_s, 3),
+                "first_event_at": self.first_event_at, "last_event_at": self.last_event_at}
+
+
+class Worker:
+    """Run ``pipeline`` against the cluster in ``settings`` until :meth:`stop` (or a signal)."""
+
+    def __init__(self, pipeline: Pipeline, settings: KafkaSettings, worker_id: str = "0",
+                 on_batch: Callable[["Worker", Batch], None] | None = None) -> None:
+        self.pipeline = pipeline
+        self.settings = settings
+        self.worker_id = worker_id
+        self.on_batch = on_batch
+        self.stats = WorkerStats()
+        self._stop = threading.Event()
+        self._done: dict[tuple[str, int], int] = {}  # offsets processed and delivered, not yet sync-committed
+        self._delivery_errors: list[str] = []
+        self.consumer: Consumer | None = None
+        self.producer: Producer | None = None
+
+    # -- clients ---------------------------------------------------------------------------
+    def _consumer_config(self) -> dict[str, Any]:
+        p = self.pipeline
+        conf = {
+            "group.id": p.group,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "cooperative-sticky",
+            "session.timeout.ms": 10000,
+            "heartbeat.interval.ms": 1000,
+            "fetch.wait.max.ms": max(1, min(100, p.max_wait_ms)),
+            "queued.min.messages": max(100000, 2 * p.max_batch),
+            "client.id": f"tidal-{p.name}-{self.worker_id}",
+            "log_level": 3,
+        }
+        if p.exactly_once:
+            conf["isolation.level"] = "read_committed"
+        conf.update(p.consumer_config)
+        return self.settings.client_config(conf)
+
+    def _producer_config(self) -> dict[str, Any]:
+        p = self.pipeline
+        conf: dict[str, Any] = {
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            "batch.size": 1_000_000,
+            "compression.type": "lz4",
+            "queue.buffering.max.messages": max(1_000_000, 4 * p.max_batch),
+            "queue.buffering.max.kbytes": 2_097_151,
+            "on_delivery": self._on_delivery,
+            "client.id": f"tidal-{p.name}-{self.worker_id}",
+            "log_level": 3,
+        }
+        if p.exactly_once:
+            conf["transactional.id"] = f"{p.group}.{self.worker_id}"
+        conf.update(p.producer_config)
+        return self.settings.client_config(conf)
+
+    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        if err is not None:
+            self._delivery_errors.append(f"{msg.topic()}: {err.str()}")
+
+    # -- rebalance -------------------------------------------------------------------------
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.stats.rebalances += 1
+        tps = [(tp.topic, tp.partition) for tp in partitions]
+        log.info("worker %s assigned %s", self.worker_id, tps)
+        for step in self.pipeline.steps:
+            step.on_assign(tps)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.stats.rebalances += 1
+        tps = [(tp.topic, tp.partition) for tp in partitions]
+        log.info("worker %s revoked %s", self.worker_id, tps)
+        for step in self.pipeline.steps:
+            step.on_revoke(tps)
+        self._commit_done(only=set(tps))
+
+    def _commit_done(self, only: set[tuple[str, int]] | None = None) -> None:
+        """Synchronously commit delivered offsets (at-least-once); in EOS the transaction did it."""
+        pending = {k: v for k, v in self._done.items() if only is None or k in only}
+        if not pending or self.pipeline.exactly_once or self.consumer is None:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in pending.items()]
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+            self.stats.commits += 1
+        except KafkaException as exc:  # e.g. the partition already moved: it will be re-read, not lost
+            log.warning("sync commit failed: %s", exc)
+        for k in pending:
+            self._done.pop(k, None)
+
+    # -- the loop --------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the loop to finish the current batch and exit."""
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop())
+
+    def run(self, idle_exit_s: float | None = None) -> WorkerStats:
+        """Process batches until stopped (or, with ``idle_exit_s``, after that long without input)."""
+        p = self.pipeline
+        self.consumer = Consumer(self._consumer_config())
+        self.producer = Producer(self._producer_config())
+        if p.exactly_once:
+            self.producer.init_transactions(30)
+        self.consumer.subscribe(list(p.sources), on_assign=self._on_assign, on_revoke=self._on_revoke)
+        timeout = p.max_wait_ms / 1000
+        last_input = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                msgs = self.consumer.consume(p.max_batch, timeout)
+                self.producer.poll(0)
+                if msgs:
+                    msgs = self._drop_errors(msgs)
+                if not msgs:
+                    if idle_exit_s is not None and time.monotonic() - last_input > idle_exit_s:
+                        break
+                    continue
+                last_input = time.monotonic()
+                self._process(msgs)
+        finally:
+            self._shutdown()
+        return self.stats
+
+    def _drop_errors(self, msgs: list[Any]) -> list[Any]:
+        if not any(m.error() for m in msgs):
+            return msgs
+        good = []
+        for m in msgs:
+            err = m.error()
+            if err is None:
+                good.append(m)
+            elif err.code() != KafkaError._PARTITION_EOF:
+                if err.fatal():
+                    raise KafkaException(err)
+                log.warning("consume error: %s", err)
+        return good
+
+    def _process(self, msgs: list[Any]) -> None:
+        t0 = time.perf_counter()
+        p = self.pipeline
+        batch, offsets = decode_messages(msgs, p.schema)
+        batch = p.process(batch)
+        outputs = encode_outputs(batch) if len(batch) else []
+        if p.exactly_once:
+            self._deliver_transaction(batch, outputs, msgs, offsets)
+        else:
+            self._deliver(batch, outputs)
+            self._done.update(offsets)
+            self.consumer.commit(offsets=[TopicPartition(t, q, o) for (t, q), o in offsets.items()],
+                                 asynchronous=True)
+            self.stats.commits += 1
+        now = time.time()
+        s = self.stats
+        s.first_event_at = s.first_event_at or now
+        s.last_event_at = now
+        s.events_in += len(msgs)
+        s.outputs += len(outputs)
+        for r in batch.rejected:
+            s.dlq[r.reason] += 1
+        s.batches += 1
+        s.busy_s += time.perf_counter() - t0
+        if self.on_batch is not None:
+            self.on_batch(self, batch)
+
+    def _produce(self, batch: Batch, outputs: list[bytes]) -> None:
+        produce, sink = self.producer.produce, self.pipeline.sink
+        try:
+            list(map(produce, repeat(sink), outputs, batch.keys))
+        except BufferError:
+            # The queue is sized for several batches and drained after each, so this means a
+            # misconfiguration. Stop without committing: the batch is re-read on restart.
+            raise DeliveryFailed("producer queue full; raise queue.buffering.max.messages above max_batch") from None
+        for r in batch.rejected:
+            self._produce_reject(r)
+
+    def _produce_reject(self, r: Reject) -> None:
+        while True:
+            try:
+                self.producer.produce(self.pipeline.dlq, r.value, r.key, headers=dlq_headers(r, self.pipeline.name))
+                return
+            except BufferError:
+                self.producer.poll(0.1)
+
+    def _deliver(self, batch: Batch, outputs: list[bytes]) -> None:
+        self._produce(batch, outputs)
+        while self.producer.flush(10) > 0:
+            log.warning("waiting for the broker to acknowledge the batch")
+        if self._delivery_errors:
+            errors, self._delivery_errors = self._delivery_errors, []
+            raise DeliveryFailed(f"{len(errors)} records not acknowledged, offsets not committed: {errors[0]}")
+
+    def _deliver_transaction(self, batch: Batch, outputs: list[bytes], msgs: list[Any],
+                             offsets: dict[tuple[str, int], int]) -> None:
+        producer = self.producer
+        producer.begin_transaction()
+        try:
+            self._produce(batch, outputs)
+            producer.send_offsets_to_transaction([TopicPartition(t, q, o) for (t, q), o in offsets.items()],
+                                                 self.consumer.consumer_group_metadata(), 30)
+            producer.commit_transaction(60)
+            self.stats.commits += 1
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.fatal() or not err.txn_requires_abort():
+                raise
+            log.warning("transaction aborted, the batch will be re-read: %s", err)
+            producer.abort_transaction(30)
+            self.stats.aborted += 1
+            self._rewind(msgs)
+
+    def _rewind(self, msgs: list[Any]) -> None:
+        first: dict[tuple[str, int], int] = {}
+        for m in msgs:
+            first.setdefault((m.topic(), m.partition()), m.offset())
+        for (t, q), o in first.items():
+            self.consumer.seek(TopicPartition(t, q, o))
+
+    def _shutdown(self) -> None:
+        try:
+            if self.producer is not None:
+                self.producer.flush(30)
+            self._commit_done()
+        finally:
+            if self.consumer is not None:
+                self.consumer.close()
+            for step in self.pipeline.steps:
+                step.close()
+
