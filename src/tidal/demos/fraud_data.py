@@ -1,7 +1,7 @@
 """Synthetic card transactions with known fraud, for the fraud-detection demo.
 
-About 1% of transactions are fraud. Fraud shows one to three of these patterns, and honest
-transactions show one or two now and then, so a model can learn them but not trivially: a large
+About 1% of transactions are fraud. Fraud shows one to four of these patterns, and one honest
+transaction in ten shows one (a few show two), so a model can learn them but not trivially: a large
 amount for the card, night hours, far from home, a burst of recent transactions, online
 with a country mismatch, a new account, a risky merchant category. A few records are
 malformed on purpose (bad JSON, a missing field, a wrong type) to exercise the DLQ.
@@ -66,12 +66,12 @@ def generate(n: int, seed: int = 7, fraud_rate: float = 0.01, malformed_rate: fl
     mismatch = online & (rng.random(n) < 0.02)
     category = rng.choice(len(CATEGORIES), n, p=[.25, .15, .2, .08, .1, .05, .07, .02, .04, .04])
 
-    # Each fraud shows 1-3 of 7 patterns; 12% of honest ones show one or two (noise).
+    # Each fraud shows 1-4 of 7 patterns (mostly 2-3); 10% of honest ones show one, a few two.
     n_patterns = 7
     rank = np.argsort(np.argsort(rng.random((n, n_patterns)), axis=1), axis=1)
-    k = np.where(fraud, rng.integers(1, 4, n), 0)
-    noisy = ~fraud & (rng.random(n) < 0.12)
-    k = np.where(noisy, rng.integers(1, 3, n), k)
+    k = np.where(fraud, rng.choice([1, 2, 3, 4], n, p=[0.15, 0.4, 0.35, 0.1]), 0)
+    noisy = ~fraud & (rng.random(n) < 0.10)
+    k = np.where(noisy, rng.choice([1, 2], n, p=[0.95, 0.05]), k)
     shows = rank < k[:, None]
     amount = np.where(shows[:, 0], card_avg * rng.uniform(4, 15, n), amount)
     hour = np.where(shows[:, 1], rng.integers(0, 5, n), hour)

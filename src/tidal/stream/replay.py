@@ -7,6 +7,7 @@ partition's end (``enable.partition.eof``), not at a reported high watermark.
 
 from __future__ import annotations
 
+import time
 from typing import Iterator, Mapping
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -37,10 +38,14 @@ def _read(settings, topic, start, end, batch_size, timeout, decode, schema=None)
         open_parts = {p for p in parts if end is None or end.get(p, 0) > first[p]}
         position = dict(first)
         consumer.assign([TopicPartition(topic, p, first[p]) for p in parts if p in open_parts])
+        stalled_since = time.monotonic()
         while open_parts:
-            msgs = consumer.consume(batch_size, timeout)
+            msgs = consumer.consume(batch_size, 0.2)  # returns early at partition ends (EOF events)
             if not msgs:
-                raise TimeoutError(f"replay of {topic} stalled with partitions {sorted(open_parts)} unfinished")
+                if time.monotonic() - stalled_since > timeout:
+                    raise TimeoutError(f"replay of {topic} stalled with partitions {sorted(open_parts)} unfinished")
+                continue
+            stalled_since = time.monotonic()
             keep = []
             for m in msgs:
                 err = m.error()

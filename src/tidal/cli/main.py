@@ -1,0 +1,169 @@
+"""``tidal``: run pipelines on Kafka, manage the embedded broker, run the demos."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tidal.config import BrokerUnreachable, KafkaSettings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="tidal: real-time machine learning on Apache Kafka.")
+broker_app = typer.Typer(no_args_is_help=True, help="The embedded Kafka-compatible broker (Tansu, in-memory storage).")
+topics_app = typer.Typer(no_args_is_help=True, help="Create a pipeline's topics.")
+demo_app = typer.Typer(no_args_is_help=True, help="Runnable end-to-end demos.")
+app.add_typer(broker_app, name="broker")
+app.add_typer(topics_app, name="topics")
+app.add_typer(demo_app, name="demo")
+
+BootstrapOpt = typer.Option(None, "--bootstrap", "-b", envvar="TIDAL_BOOTSTRAP_SERVERS",
+                            help="Kafka bootstrap servers (default: the running embedded broker).")
+KafkaConfigOpt = typer.Option(None, "--kafka-config", envvar="TIDAL_KAFKA_CONFIG",
+                              help="librdkafka .properties file (SASL, TLS, ...).")
+
+
+def settings_or_exit(bootstrap: Optional[str], kafka_config: Optional[str]) -> KafkaSettings:
+    """Resolve Kafka settings, or print how to get a broker and exit 2."""
+    from tidal.broker.embedded import wait_ready
+
+    try:
+        settings = KafkaSettings.resolve(bootstrap, kafka_config)
+        wait_ready(settings.bootstrap, timeout=10, extra=dict(settings.extra))
+        return settings
+    except BrokerUnreachable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def version() -> None:
+    """Print tidal's version."""
+    from tidal import __version__
+
+    typer.echo(__version__)
+
+
+@broker_app.command("start")
+def broker_start(port: int = typer.Option(0, help="Port on 127.0.0.1 (0: a free one)."),
+                 foreground: bool = typer.Option(False, help="Stay attached; Ctrl-C stops it.")) -> None:
+    """Start the embedded broker (topics live in memory: a restart loses them)."""
+    from tidal.broker.embedded import EmbeddedBroker, running_broker, tidal_home
+
+    state = running_broker()
+    if state is not None:
+        typer.echo(f"already running: {state.bootstrap} (pid {state.pid})")
+        return
+    broker = EmbeddedBroker(port or None, log_path=tidal_home() / "broker.log", detach=not foreground)
+    try:
+        broker.start()
+    except BrokerUnreachable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    broker.state().save()
+    typer.echo(f"embedded broker on {broker.bootstrap} (pid {broker.process.pid}); storage is in memory")
+    if foreground:
+        try:
+            broker.process.wait()
+        except KeyboardInterrupt:
+            broker.stop()
+        finally:
+            from tidal.broker.embedded import BrokerState
+
+            BrokerState.path().unlink(missing_ok=True)
+
+
+@broker_app.command("stop")
+def broker_stop() -> None:
+    """Stop the embedded broker started by `tidal broker start`."""
+    from tidal.broker.embedded import BrokerState, running_broker, stop_pid
+
+    state = running_broker()
+    if state is None:
+        typer.echo("no embedded broker running")
+        BrokerState.path().unlink(missing_ok=True)
+        return
+    stop_pid(state.pid)
+    BrokerState.path().unlink(missing_ok=True)
+    typer.echo(f"stopped the broker on {state.bootstrap}")
+
+
+@broker_app.command("status")
+def broker_status() -> None:
+    """Say whether the embedded broker runs and answers (exit 1 if not)."""
+    from tidal.broker.embedded import running_broker, wait_ready
+
+    state = running_broker()
+    if state is None:
+        typer.echo("no embedded broker running (start one with `tidal broker start`)")
+        raise typer.Exit(1)
+    try:
+        wait_ready(state.bootstrap, timeout=5)
+    except BrokerUnreachable:
+        typer.echo(f"broker process {state.pid} is alive but {state.bootstrap} does not answer")
+        raise typer.Exit(1) from None
+    typer.echo(f"running: {state.bootstrap} (pid {state.pid})")
+
+
+@topics_app.command("create")
+def topics_create(pipeline: str, partitions: int = typer.Option(4, help="Partitions per data topic."),
+                  bootstrap: Optional[str] = BootstrapOpt, kafka_config: Optional[str] = KafkaConfigOpt) -> None:
+    """Create PIPELINE.events/.predictions/.dlq/.labels and tidal.models if missing."""
+    from tidal.broker.topics import ensure_topics
+    from tidal.stream.pipeline import Pipeline
+
+    settings = settings_or_exit(bootstrap, kafka_config)
+    created = ensure_topics(settings, Pipeline(pipeline, partitions=partitions).topic_specs())
+    typer.echo(f"created: {', '.join(created) if created else 'nothing (all exist)'}")
+
+
+@app.command()
+def run(spec: Path = typer.Argument(..., exists=True, dir_okay=False, help="Pipeline YAML file."),
+        workers: int = typer.Option(1, "--workers", "-w", min=1, help="Worker processes (one consumer group)."),
+        worker_index: Optional[int] = typer.Option(None, hidden=True),
+        worker_id: Optional[str] = typer.Option(None, help="Stable id of this worker (default: host-index)."),
+        stats_file: Optional[Path] = typer.Option(None, help="Write final counts here as JSON (NAME-i.json per worker with --workers)."),
+        idle_exit: Optional[float] = typer.Option(None, help="Exit after this many seconds without input."),
+        log_level: str = typer.Option("INFO", help="Logging level."),
+        bootstrap: Optional[str] = BootstrapOpt, kafka_config: Optional[str] = KafkaConfigOpt) -> None:
+    """Run a pipeline until Ctrl-C / SIGTERM (which drain, commit and exit 0)."""
+    from tidal.stream.runner import default_worker_id, run_worker, spawn_workers, wait_workers
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = settings_or_exit(bootstrap, kafka_config)
+    if workers == 1:
+        wid = worker_id or default_worker_id(worker_index or 0)
+        raise typer.Exit(run_worker(spec, settings, wid, stats_file, idle_exit))
+    procs = spawn_workers(spec, workers, settings, kafka_config, stats_file, idle_exit, log_level)
+    raise typer.Exit(wait_workers(procs))
+
+
+@demo_app.command("fraud")
+def demo_fraud(events: int = typer.Option(300_000, help="Transactions to generate."),
+               workers: int = typer.Option(1, help="Scoring worker processes."),
+               as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on the last line."),
+               seed: int = typer.Option(7, help="Random seed of the generator."),
+               bootstrap: Optional[str] = typer.Option(None, "--bootstrap", "-b", envvar="TIDAL_BOOTSTRAP_SERVERS",
+                                                       help="Use this cluster instead of a fresh embedded broker."),
+               kafka_config: Optional[str] = KafkaConfigOpt) -> None:
+    """Fraud detection end to end: generate, train on replayed history, score the stream, report."""
+    from tidal.demos.fraud import run_demo
+
+    settings = None
+    if bootstrap:
+        settings = settings_or_exit(bootstrap, kafka_config)
+    summary = run_demo(settings, events=events, workers=workers, seed=seed, quiet=as_json)
+    if as_json:
+        import json
+
+        sys.stdout.write(json.dumps(summary) + "\n")
+    raise typer.Exit(0 if summary["accounted"] else 1)
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()
