@@ -80,6 +80,7 @@ class Worker:
         self._stop = threading.Event()
         self._done: dict[tuple[str, int], int] = {}  # offsets processed and delivered, not yet sync-committed
         self._delivery_errors: list[str] = []
+        self._last_input = float("inf")
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
 
@@ -129,6 +130,7 @@ class Worker:
     # -- rebalance -------------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.stats.rebalances += 1
+        self._last_input = min(self._last_input, time.monotonic())
         tps = [(tp.topic, tp.partition) for tp in partitions]
         log.info("worker %s assigned %s", self.worker_id, tps)
         for step in self.pipeline.steps:
@@ -174,7 +176,7 @@ class Worker:
             self.producer.init_transactions(30)
         self.consumer.subscribe(list(p.sources), on_assign=self._on_assign, on_revoke=self._on_revoke)
         timeout = p.max_wait_ms / 1000
-        last_input = time.monotonic()
+        self._last_input = float("inf")  # the idle clock starts at the first assignment
         try:
             while not self._stop.is_set():
                 msgs = self.consumer.consume(p.max_batch, timeout)
@@ -182,10 +184,10 @@ class Worker:
                 if msgs:
                     msgs = self._drop_errors(msgs)
                 if not msgs:
-                    if idle_exit_s is not None and time.monotonic() - last_input > idle_exit_s:
+                    if idle_exit_s is not None and time.monotonic() - self._last_input > idle_exit_s:
                         break
                     continue
-                last_input = time.monotonic()
+                self._last_input = time.monotonic()
                 self._process(msgs)
         finally:
             self._shutdown()

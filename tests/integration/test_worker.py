@@ -1,0 +1,107 @@
+"""A worker on the real embedded broker: exact counts, DLQ reasons, failing steps."""
+
+from __future__ import annotations
+
+import threading
+
+import orjson
+import pytest
+
+from tidal.broker import ensure_topics
+from tidal.models import ScoreStep, load_model
+from tidal.quality import Schema
+from tidal.stream import Pipeline, Worker
+
+from .kafka_helpers import produce, read_all, records
+
+pytestmark = pytest.mark.integration
+
+SCHEMA = Schema.from_dict({"id": "int", "x": "float", "y": "float"})
+
+
+def run_until(worker: Worker, total: int, timeout: float = 60.0) -> None:
+    """Run ``worker`` in a thread until it has consumed ``total`` events."""
+
+    def check(w: Worker, _batch) -> None:
+        if w.stats.events_in >= total:
+            w.stop()
+
+    worker.on_batch = check
+    t = threading.Thread(target=worker.run, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), f"worker consumed {worker.stats.events_in} of {total} within {timeout}s"
+
+
+def test_produce_score_consume_exact_counts(settings, name, toy_model):
+    p = Pipeline(name, schema=SCHEMA, steps=[ScoreStep(load_model(toy_model))], max_batch=500)
+    ensure_topics(settings, p.topic_specs())
+    values = [orjson.dumps({"id": i, "x": (i % 10) / 10, "y": (i % 7) / 7}) for i in range(3000)]
+    produce(settings, p.sources[0], values)
+
+    worker = Worker(p, settings)
+    run_until(worker, 3000)
+
+    out = records(read_all(settings, p.sink, 4))
+    assert len(out) == 3000
+    assert sorted(r["id"] for r in out) == list(range(3000))  # each event exactly once
+    assert read_all(settings, p.dlq, 1) == []
+    for r in out[:50]:
+        assert r["model"] == "toy" and r["model_version"] == "1"
+        assert r["decision"] == (r["score"] >= 0.5)
+        assert (r["score"] >= 0.5) == (r["x"] + r["y"] > 1) or abs(r["x"] + r["y"] - 1) < 0.15
+        assert r["source_topic"] == p.sources[0] and 0 <= r["source_partition"] < 4
+    positions = {(r["source_partition"], r["source_offset"]) for r in out}
+    assert len(positions) == 3000
+    assert worker.stats.outputs == 3000 and worker.stats.commits >= 1
+
+
+def test_malformed_records_go_to_dlq_with_reasons(settings, name, toy_model):
+    p = Pipeline(name, schema=SCHEMA, steps=[ScoreStep(load_model(toy_model))])
+    ensure_topics(settings, p.topic_specs())
+    good = [orjson.dumps({"id": i, "x": 0.1, "y": 0.2}) for i in range(200)]
+    bad = [b'{"id": 1000, "x": 0.1', b'{"id": 1001, "x": 0.5}', b'{"id": 1002, "x": "high", "y": 1}', b"\xff\xfe",
+           b"[1, 2]"]
+    produce(settings, p.sources[0], good[:100] + bad + good[100:])
+
+    worker = Worker(p, settings)
+    run_until(worker, 205)
+
+    out = records(read_all(settings, p.sink, 4))
+    dlq = read_all(settings, p.dlq, 1)
+    assert len(out) == 200 and len(dlq) == 5
+    by_value = {m.value(): dict(m.headers()) for m in dlq}
+    assert set(by_value) == set(bad)  # original bytes, untouched
+    reasons = {v: h["tidal.error.reason"].decode() for v, h in by_value.items()}
+    assert reasons == {bad[0]: "invalid_json", bad[1]: "missing_field", bad[2]: "wrong_type",
+                       bad[3]: "invalid_json", bad[4]: "wrong_type"}
+    headers = by_value[bad[1]]
+    assert headers["tidal.source.topic"].decode() == p.sources[0]
+    assert int(headers["tidal.source.offset"]) >= 0
+    assert b"y" in headers["tidal.error.message"]
+    assert dict(worker.stats.dlq) == {"invalid_json": 2, "missing_field": 1, "wrong_type": 2}
+
+
+def test_failing_step_sends_its_batch_to_dlq_and_pipeline_goes_on(settings, name):
+    def explode_on_13(batch):
+        if 13 in batch.column("id").tolist():
+            raise RuntimeError("model crashed")
+        return batch.with_column("ok", [True] * len(batch))
+
+    p = Pipeline(name, schema=SCHEMA, max_batch=10).then(explode_on_13, name="fragile")
+    ensure_topics(settings, p.topic_specs())
+    produce(settings, p.sources[0], [orjson.dumps({"id": i, "x": 0.0, "y": 0.0}) for i in range(100)],
+            keys=[b"same-key"] * 100)  # one partition, in order: batches of 10
+
+    worker = Worker(p, settings)
+    run_until(worker, 100)
+
+    out = records(read_all(settings, p.sink, 4))
+    dlq = read_all(settings, p.dlq, 1)
+    failed_ids = sorted(orjson.loads(m.value())["id"] for m in dlq)
+    assert 13 in failed_ids and 0 < len(failed_ids) <= 10
+    assert len(out) + len(dlq) == 100
+    assert {r["id"] for r in out}.isdisjoint(failed_ids)
+    h = dict(dlq[0].headers())
+    assert h["tidal.error.reason"] == b"step_error" and h["tidal.error.step"] == b"fragile"
+    assert b"model crashed" in h["tidal.error.message"]
