@@ -49,7 +49,7 @@ def toy_model(tmp_path_factory) -> Path:
     rng = np.random.default_rng(0)
     X = rng.random((2000, 2))
     y = (X.sum(axis=1) > 1).astype(int)
-    model = lightgbm.LGBMClassifier(n_estimators=20, verbose=-1).fit(X, y)
+    model = lightgbm.LGBMClassifier(n_estimators=20, n_jobs=1, verbose=-1).fit(X, y)
     folder = tmp_path_factory.mktemp("models") / "toy-v1"
     save_model(model, folder, "toy", 1, ["x", "y"])
     return folder

@@ -30,6 +30,7 @@ __all__ = ["KafkaSettings", "BrokerUnreachable", "read_properties", "env_overrid
 ENV_BOOTSTRAP = "TIDAL_BOOTSTRAP_SERVERS"
 ENV_CONFIG_FILE = "TIDAL_KAFKA_CONFIG"
 ENV_PREFIX = "TIDAL_KAFKA_"
+_UNDERSCORED = {"log.level": "log_level"}  # the librdkafka setting whose name has an underscore
 _SECRET_WORDS = ("password", "secret", "key.pem", "private", "token", "jaas")
 
 
@@ -61,7 +62,8 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     out = {}
     for name, value in environ.items():
         if name.startswith(ENV_PREFIX) and name != ENV_CONFIG_FILE:
-            out[name[len(ENV_PREFIX):].lower().replace("_", ".")] = value
+            key = name[len(ENV_PREFIX):].lower().replace("_", ".")
+            out[_UNDERSCORED.get(key, key)] = value
     return out
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -149,6 +151,7 @@ def test_bootstrap_precedence(tmp_path, empty_home, explicit, env, expected):
 
 
 def test_resolve_defaults_to_os_environ(monkeypatch, empty_home):
+    monkeypatch.delenv("TIDAL_KAFKA_CONFIG", raising=False)
     monkeypatch.setenv("TIDAL_BOOTSTRAP_SERVERS", "osenv:9092")
     monkeypatch.setenv("TIDAL_KAFKA_CLIENT_ID", "cid")
     s = KafkaSettings.resolve()
@@ -216,9 +219,6 @@ def test_resolve_finds_running_embedded_broker(empty_home):
 
 
 def test_resolve_ignores_broker_json_of_dead_process(empty_home):
-    import subprocess
-    import sys
-
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()  # reaped: the pid no longer exists
     state = {"pid": proc.pid, "port": 19092, "bootstrap": "127.0.0.1:19092", "binary": "tansu",
@@ -230,3 +230,9 @@ def test_resolve_ignores_broker_json_of_dead_process(empty_home):
 
 def test_broker_unreachable_is_a_runtime_error():
     assert issubclass(BrokerUnreachable, RuntimeError)
+
+
+def test_log_level_keeps_its_underscore():
+    from tidal.config import env_overrides
+
+    assert env_overrides({"TIDAL_KAFKA_LOG_LEVEL": "7"}) == {"log_level": "7"}

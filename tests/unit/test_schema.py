@@ -127,7 +127,8 @@ def test_from_dict_short_and_long_forms():
 
 
 def test_from_dict_long_form_rejects_unknown_keys():
-    with pytest.raises(TypeError):
+    """A misspelt option is an error, not silently ignored."""
+    with pytest.raises((TypeError, ValueError)):
         Schema.from_dict({"a": {"type": "float", "nullable": True}})
 
 

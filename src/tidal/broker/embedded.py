@@ -169,7 +169,9 @@ class EmbeddedBroker:
         return BrokerState(pid=self.process.pid, port=self.port, bootstrap=self.bootstrap,
                            binary=broker_binary(), log=str(self.log_path or ""), started_at=time.time())
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 2.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout`` (Tansu waits ~5 s for open connections; memory
+        storage has nothing to save, so there is no point waiting)."""
         if self.process is None:
             return
         stop_pid(self.process.pid, timeout)

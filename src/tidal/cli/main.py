@@ -33,7 +33,7 @@ def settings_or_exit(bootstrap: Optional[str], kafka_config: Optional[str]) -> K
 
     try:
         settings = KafkaSettings.resolve(bootstrap, kafka_config)
-        wait_ready(settings.bootstrap, timeout=10, extra=dict(settings.extra))
+        wait_ready(settings.bootstrap, timeout=5, extra=dict(settings.extra))
         return settings
     except BrokerUnreachable as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -87,7 +87,7 @@ def broker_stop() -> None:
         typer.echo("no embedded broker running")
         BrokerState.path().unlink(missing_ok=True)
         return
-    stop_pid(state.pid)
+    stop_pid(state.pid, timeout=2.0)
     BrokerState.path().unlink(missing_ok=True)
     typer.echo(f"stopped the broker on {state.bootstrap}")
 

@@ -153,9 +153,8 @@ class LoadedModel:
 
     def _predict_river(self, X: np.ndarray) -> np.ndarray:
         names = self.card.features
-        if hasattr(self.model, "predict_proba_many"):
-            import pandas as pd
-
+        pd = _pandas()
+        if pd is not None and self.card.task == "binary" and hasattr(self.model, "predict_proba_many"):
             proba = self.model.predict_proba_many(pd.DataFrame(X, columns=names))
             for col in (True, 1):
                 if col in proba.columns:
@@ -165,6 +164,15 @@ class LoadedModel:
         if self.card.task == "binary":
             return np.fromiter((self.model.predict_proba_one(r).get(True, 0.0) for r in rows), np.float64, len(X))
         return np.fromiter((self.model.predict_one(r) or 0.0 for r in rows), np.float64, len(X))
+
+
+def _pandas():
+    """pandas if installed: River's mini-batch API takes DataFrames; without it, rows one by one."""
+    try:
+        import pandas
+    except ImportError:
+        return None
+    return pandas
 
 
 def load_model(folder: str | Path) -> LoadedModel:

@@ -91,7 +91,8 @@ class Schema:
         spec = []
         for f in self.fields:
             spec.append((f.name, f.python_type) if f.required else (f.name, f.python_type, None))
-        return msgspec.defstruct("Record", spec, kw_only=True)
+        # Fields are scalars, so records cannot form cycles: keep them out of the cyclic GC.
+        return msgspec.defstruct("Record", spec, kw_only=True, gc=False)
 
     @cached_property
     def batch_decoder(self) -> msgspec.json.Decoder:

@@ -16,7 +16,7 @@ import orjson
 from tidal.quality.schema import Schema, classify
 from tidal.stream.batch import Batch, Reject
 
-__all__ = ["decode_messages", "next_offsets"]
+__all__ = ["decode_messages", "decode_values", "next_offsets"]
 
 STEP = "decode"
 
@@ -83,3 +83,38 @@ def decode_messages(msgs: Sequence[Any], schema: Schema | None = None) -> tuple[
         for i, e in enumerate(errors) if e is not None
     )
     return kept, offsets
+
+
+def decode_values(values: Sequence[bytes | None], schema: Schema | None = None, topic: str = "memory") -> Batch:
+    """Decode raw values as if consumed in order from partition 0 of ``topic`` (tests, files, replays)."""
+    return decode_messages([_MemoryMessage(v, topic, i) for i, v in enumerate(values)], schema)[0]
+
+
+class _MemoryMessage:
+    """Duck-types ``confluent_kafka.Message`` for values that did not come from Kafka."""
+
+    __slots__ = ("_value", "_topic", "_offset")
+
+    def __init__(self, value: bytes | None, topic: str, offset: int) -> None:
+        self._value, self._topic, self._offset = value, topic, offset
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def key(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+    def timestamp(self) -> tuple[int, int]:
+        return (0, 0)
+
+    def error(self) -> None:
+        return None

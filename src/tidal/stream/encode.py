@@ -25,16 +25,15 @@ __all__ = ["encode_outputs", "dlq_headers", "column_fragments"]
 
 def column_fragments(values: np.ndarray | list[Any]) -> list[bytes]:
     """Each value of a column as a JSON fragment; numeric columns take one orjson call."""
-    if isinstance(values, np.ndarray) and values.dtype.kind in "fiub":
-        if values.dtype.kind == "f" and not np.isfinite(values).all():
-            values = np.where(np.isfinite(values), values, np.nan)  # inf → null, like NaN
+    if isinstance(values, np.ndarray) and values.dtype.kind in "fiub":  # orjson writes NaN/inf as null
         return orjson.dumps(values.tolist())[1:-1].split(b",") if len(values) else []
     items = values.tolist() if isinstance(values, np.ndarray) else list(values)
     try:
         distinct = set(items)
     except TypeError:  # unhashable values (lists, dicts)
         distinct = None
-    if distinct is not None and len(distinct) <= 256:  # labels, names, versions: encode each once
+    if distinct is not None and len(distinct) <= 256 and all(type(v) is str for v in distinct):
+        # labels, names, versions: encode each string once (only str: 1, 1.0 and True hash alike)
         memo = {v: orjson.dumps(v, option=orjson.OPT_SERIALIZE_NUMPY) for v in distinct}
         return list(map(memo.__getitem__, items))
     return [orjson.dumps(v, option=orjson.OPT_SERIALIZE_NUMPY) for v in items]
@@ -50,8 +49,10 @@ def encode_outputs(batch: Batch) -> list[bytes]:
         prefix = b"," + orjson.dumps(name) + b":"
         frags.append([prefix + cell for cell in column_fragments(batch.columns[name])])
     out = list(map(b"".join, zip(heads, *frags, repeat(b"}"))))
-    if any(len(h) == 1 for h in heads):  # input was "{}": drop the comma after "{"
-        out = [b"{" + r[2:] if r.startswith(b"{,") else r for r in out]
+    # An empty input object ("{}", "{ }") has no '"'; drop the comma its first field got.
+    for i in np.flatnonzero(np.fromiter(map(len, heads), np.int64, len(heads)) < 8).tolist():
+        if b'"' not in heads[i]:
+            out[i] = b"{" + b"".join(f[i] for f in frags)[1:] + b"}"
     return out
 
 

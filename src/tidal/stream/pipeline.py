@@ -35,7 +35,10 @@ def run_steps(steps: Sequence[Step], batch: Batch) -> Batch:
         if not len(batch):
             break
         try:
-            batch = step.process(batch)
+            out = step.process(batch)
+            if not isinstance(out, Batch):
+                raise TypeError(f"step returned {type(out).__name__}, not a Batch (missing `return batch`?)")
+            batch = out
         except Exception as exc:  # noqa: BLE001 - any step failure is a DLQ reason, not a crash
             batch = batch.reject_all(step.error_reason, f"{type(exc).__name__}: {exc}", step.name)
     return batch
@@ -96,35 +99,8 @@ class Pipeline:
 
     def test(self, values: Sequence[bytes], topic: str | None = None) -> tuple[list[bytes], list[Reject]]:
         """Run the pipeline over raw message values in memory, no Kafka: (outputs, rejects)."""
-        from tidal.stream.decode import decode_messages
+        from tidal.stream.decode import decode_values
 
-        msgs = [_MemoryMessage(v, topic or self.sources[0], i) for i, v in enumerate(values)]
-        out = self.process(decode_messages(msgs, self.schema)[0])
+        out = self.process(decode_values(values, self.schema, topic or self.sources[0]))
         return encode_outputs(out), out.rejected
 
-
-@dataclass(frozen=True)
-class _MemoryMessage:
-    """Duck-types ``confluent_kafka.Message`` for :meth:`Pipeline.test`."""
-
-    _value: bytes | None
-    _topic: str
-    _offset: int
-
-    def value(self) -> bytes | None:
-        return self._value
-
-    def key(self) -> None:
-        return None
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self._offset
-
-    def timestamp(self) -> tuple[int, int]:
-        return (0, 0)

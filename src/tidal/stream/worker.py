@@ -18,6 +18,7 @@ before they leave. SIGTERM / SIGINT finish the current batch, commit, and exit c
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -177,6 +178,7 @@ class Worker:
         self.consumer.subscribe(list(p.sources), on_assign=self._on_assign, on_revoke=self._on_revoke)
         timeout = p.max_wait_ms / 1000
         self._last_input = float("inf")  # the idle clock starts at the first assignment
+        gc.freeze()  # long-lived objects (models, code) need no rescans by the cyclic GC
         try:
             while not self._stop.is_set():
                 msgs = self.consumer.consume(p.max_batch, timeout)

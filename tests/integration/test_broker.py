@@ -1,0 +1,66 @@
+"""The embedded broker, topic creation, and the `tidal broker` / `tidal topics` commands."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from confluent_kafka.admin import AdminClient, ConfigResource
+
+from tidal.broker import TopicSpec, ensure_topics
+from tidal.broker.topics import COMPACTED
+
+pytestmark = pytest.mark.integration
+
+
+def tidal(*args: str, home, env_extra: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDAL_")}
+    env.update({"TIDAL_HOME": str(home), **(env_extra or {})})
+    return subprocess.run([sys.executable, "-m", "tidal", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_ensure_topics_is_idempotent_and_sets_config(settings, name):
+    specs = [TopicSpec(f"{name}.events", 3), TopicSpec(f"{name}.state.changelog", 2, COMPACTED)]
+    assert sorted(ensure_topics(settings, specs)) == sorted(s.name for s in specs)
+    assert ensure_topics(settings, specs) == []  # second time: nothing to do, no error
+    admin = AdminClient(settings.client_config())
+    topics = admin.list_topics(timeout=10).topics
+    assert len(topics[f"{name}.events"].partitions) == 3
+    [future] = admin.describe_configs([ConfigResource("topic", f"{name}.state.changelog")]).values()
+    assert future.result()["cleanup.policy"].value == "compact"
+
+
+def test_cli_broker_lifecycle(tmp_path, name):
+    started = tidal("broker", "start", home=tmp_path)
+    assert started.returncode == 0, started.stderr
+    assert "in memory" in started.stdout
+    try:
+        status = tidal("broker", "status", home=tmp_path)
+        assert status.returncode == 0 and "running" in status.stdout
+        again = tidal("broker", "start", home=tmp_path)
+        assert "already running" in again.stdout
+        created = tidal("topics", "create", name, "--partitions", "2", home=tmp_path)
+        assert created.returncode == 0, created.stderr
+        assert f"{name}.events" in created.stdout
+    finally:
+        stopped = tidal("broker", "stop", home=tmp_path)
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    status = tidal("broker", "status", home=tmp_path)
+    assert status.returncode == 1 and "tidal broker start" in status.stdout
+
+
+def test_no_broker_error_says_how_to_start_one(tmp_path):
+    result = tidal("topics", "create", "x", home=tmp_path)
+    assert result.returncode == 2
+    assert "tidal broker start" in result.stderr and "--bootstrap" in result.stderr
+
+
+def test_unreachable_bootstrap_is_a_clear_error(tmp_path):
+    from tidal.broker.embedded import free_port
+
+    result = tidal("topics", "create", "x", "--bootstrap", f"127.0.0.1:{free_port()}", home=tmp_path)
+    assert result.returncode == 2
+    assert "No Kafka broker answered" in result.stderr

@@ -1,0 +1,197 @@
+"""Pipelines declared in YAML."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+import uuid
+
+import orjson
+import pytest
+
+from tidal.models.score import ScoreStep
+from tidal.stream.spec import from_dict, load_pipeline
+from tidal.stream.step import FunctionStep, Step
+
+
+@pytest.fixture
+def project(tmp_path, toy_model):
+    """A project folder with the toy model copied under models/toy-v1."""
+    shutil.copytree(toy_model, tmp_path / "models" / "toy-v1")
+    return tmp_path
+
+
+@pytest.fixture
+def step_module(tmp_path, monkeypatch):
+    """A fresh, uniquely named module on sys.path holding a step class, a function and a factory."""
+    name = f"tidal_test_steps_{uuid.uuid4().hex[:8]}"
+    folder = tmp_path / "pkgs"
+    folder.mkdir()
+    (folder / f"{name}.py").write_text(textwrap.dedent("""
+        import numpy as np
+        from tidal.stream.step import Step
+
+        def flag_large(batch):
+            return batch.with_column("large", batch.column("x") > 10)
+
+        def make_flag(limit):
+            def flag(batch):
+                return batch.with_column("over", batch.column("x") > limit)
+            return flag
+
+        class Scale(Step):
+            name = "scale"
+
+            def __init__(self, factor=1.0):
+                self.factor = factor
+
+            def process(self, batch):
+                return batch.with_column("scaled", batch.column("x") * self.factor)
+
+        READY = Scale(factor=-1.0)
+    """))
+    monkeypatch.syspath_prepend(str(folder))
+    return name
+
+
+def test_yaml_with_relative_model_path(project, tmp_path, monkeypatch):
+    spec = project / "pipeline.yaml"
+    spec.write_text(textwrap.dedent("""
+        pipeline: toy
+        schema:
+          x: float
+          y: {type: float, required: true}
+          note: {type: str, required: false}
+        steps:
+          - score: {model: models/toy-v1, threshold: 0.7}
+        batch: {max_batch: 123, max_wait_ms: 7}
+        partitions: 2
+        exactly_once: true
+        kafka:
+          consumer: {fetch.min.bytes: 1}
+          producer: {linger.ms: 3}
+    """))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the model path is relative to the file, not to the cwd
+    p = load_pipeline(spec)
+    assert p.name == "toy"
+    assert p.schema.names == ["x", "y", "note"]
+    assert [f.required for f in p.schema.fields] == [True, True, False]
+    assert (p.max_batch, p.max_wait_ms, p.partitions, p.exactly_once) == (123, 7, 2, True)
+    assert p.consumer_config == {"fetch.min.bytes": 1}
+    assert p.producer_config == {"linger.ms": 3}
+    assert (p.sources, p.sink, p.dlq, p.group) == (["toy.events"], "toy.predictions", "toy.dlq", "tidal.toy")
+    [step] = p.steps
+    assert isinstance(step, ScoreStep)
+    assert step.threshold == 0.7
+    assert step.model.name == "toy"
+    out, dlq = p.test([b'{"x": 0.9, "y": 0.9}', b'{"x": 0.1, "y": 0.0}'])
+    assert dlq == []
+    recs = [orjson.loads(o) for o in out]
+    assert [r["decision"] for r in recs] == [r["score"] >= 0.7 for r in recs]
+    assert recs[0]["decision"] is True and recs[1]["decision"] is False
+
+
+def test_yaml_with_absolute_model_path(tmp_path, toy_model):
+    spec = tmp_path / "p.yaml"
+    spec.write_text(f"pipeline: abs\nsteps:\n  - score: {{model: '{toy_model}'}}\n")
+    [step] = load_pipeline(spec).steps
+    assert isinstance(step, ScoreStep)
+    assert step.threshold == 0.5  # the card's default
+
+
+def test_topics_and_name_aliases():
+    p = from_dict({"name": "n", "source": "in", "sink": "out", "dlq": "dead", "group": "g"})
+    assert (p.name, p.sources, p.sink, p.dlq, p.group) == ("n", ["in"], "out", "dead", "g")
+    p = from_dict({"pipeline": "n", "sources": ["a", "b"]})
+    assert p.sources == ["a", "b"]
+
+
+def test_python_step_function(step_module):
+    p = from_dict({"pipeline": "p", "schema": {"x": "float"}, "steps": [{"python": f"{step_module}:flag_large"}]})
+    [step] = p.steps
+    assert isinstance(step, FunctionStep) and step.name == "flag_large"
+    out, _ = p.test([b'{"x": 5}', b'{"x": 50}'])
+    assert [orjson.loads(o)["large"] for o in out] == [False, True]
+
+
+def test_python_step_class_with_args(step_module):
+    p = from_dict({"pipeline": "p", "schema": {"x": "float"},
+                   "steps": [{"python": f"{step_module}:Scale", "args": {"factor": 3}}]})
+    [step] = p.steps
+    assert isinstance(step, Step) and step.name == "scale" and step.factor == 3
+    out, _ = p.test([b'{"x": 2}'])
+    assert orjson.loads(out[0])["scaled"] == 6.0
+
+
+def test_python_step_factory_with_args(step_module):
+    p = from_dict({"pipeline": "p", "schema": {"x": "float"},
+                   "steps": [{"python": f"{step_module}:make_flag", "args": {"limit": 1}}]})
+    out, _ = p.test([b'{"x": 0}', b'{"x": 2}'])
+    assert [orjson.loads(o)["over"] for o in out] == [False, True]
+
+
+def test_python_step_instance(step_module):
+    p = from_dict({"pipeline": "p", "steps": [{"python": f"{step_module}:READY"}]})
+    [step] = p.steps
+    assert isinstance(step, Step) and not isinstance(step, FunctionStep)
+    assert step.factor == -1.0
+
+
+def test_python_step_from_yaml_file(tmp_path, step_module):
+    spec = tmp_path / "p.yaml"
+    spec.write_text(f"pipeline: p\nschema: {{x: float}}\nsteps:\n  - python: {step_module}:Scale\n"
+                    "    args: {factor: 0.5}\n")
+    out, _ = load_pipeline(spec).test([b'{"x": 4}'])
+    assert orjson.loads(out[0])["scaled"] == 2.0
+
+
+def test_python_step_without_attribute_raises():
+    with pytest.raises(ValueError, match="module:attr"):
+        from_dict({"pipeline": "p", "steps": [{"python": "os.path"}]})
+
+
+def test_python_step_missing_module_raises():
+    with pytest.raises(ImportError):
+        from_dict({"pipeline": "p", "steps": [{"python": "no_such_module_xyz_123:thing"}]})
+
+
+def test_unknown_top_level_key_is_named():
+    with pytest.raises(ValueError) as info:
+        from_dict({"pipeline": "p", "shcema": {"x": "float"}})
+    assert "shcema" in str(info.value)
+
+
+def test_unknown_top_level_key_in_file(tmp_path):
+    spec = tmp_path / "p.yaml"
+    spec.write_text("pipeline: p\nbatch_size: 10\n")
+    with pytest.raises(ValueError, match="batch_size"):
+        load_pipeline(spec)
+
+
+@pytest.mark.parametrize("entry", [{"transform": {}}, {"score": {"model": "m"}, "extra": 1}, {}])
+def test_unknown_step_raises(entry):
+    with pytest.raises(ValueError, match="unknown step"):
+        from_dict({"pipeline": "p", "steps": [entry]})
+
+
+def test_missing_name_raises():
+    with pytest.raises(ValueError, match="name"):
+        from_dict({"schema": {"x": "float"}})
+
+
+def test_non_mapping_yaml_raises(tmp_path):
+    spec = tmp_path / "p.yaml"
+    spec.write_text("- just\n- a list\n")
+    with pytest.raises(ValueError, match="mapping"):
+        load_pipeline(spec)
+
+
+def test_missing_model_folder_raises(tmp_path):
+    from tidal.models import ArtifactError
+
+    spec = tmp_path / "p.yaml"
+    spec.write_text("pipeline: p\nsteps:\n  - score: {model: models/nope}\n")
+    with pytest.raises(ArtifactError):
+        load_pipeline(spec)
