@@ -7,7 +7,8 @@
       amount: float
       merchant_category: str
     steps:
-      - score: {model: models/fraud-v1, threshold: 0.5}   # paths are relative to this file
+      - score: {model: models/fraud-v1, threshold: 0.5}   # a fixed model folder (relative to this file)
+      # or: - deployed: {model: fraud}                   # follow tidal.models: hot-swap, canary, shadow
       - python: mypackage.steps:flag_large                 # a Step class or a batch -> batch function
         args: {limit: 1000}
     batch: {max_batch: 5000, max_wait_ms: 50}
@@ -58,7 +59,14 @@ def _python(target: str, args: Mapping[str, Any]) -> Step:
     return obj if isinstance(obj, Step) else FunctionStep(obj, name=attr)
 
 
-STEP_TYPES: dict[str, Callable[..., Step]] = {"score": _score}
+def _deployed(args: Mapping[str, Any], base: Path) -> Step:
+    from tidal.models.deployed import DeployedScoreStep
+
+    args = dict(args)
+    return DeployedScoreStep(args.pop("model"), **args)
+
+
+STEP_TYPES: dict[str, Callable[..., Step]] = {"score": _score, "deployed": _deployed}
 
 
 def _step(entry: Mapping[str, Any], base: Path) -> Step:

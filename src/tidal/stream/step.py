@@ -1,7 +1,7 @@
 """The step protocol: one required method, ``process(batch) -> batch``.
 
-A step sees a whole micro-batch and should compute column-wise. Optional hooks run when
-Kafka assigns or revokes partitions and when the worker shuts down. A step that raises has
+A step sees a whole micro-batch and should compute column-wise. Optional hooks run when the
+worker starts (``open``), when Kafka assigns or revokes partitions, and when it shuts down. A step that raises has
 its whole batch sent to the dead-letter topic with ``error_reason``; the pipeline goes on.
 
 >>> import numpy as np
@@ -13,9 +13,12 @@ array([2., 4.])
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from tidal.stream.batch import Batch
+
+if TYPE_CHECKING:
+    from tidal.config import KafkaSettings
 
 __all__ = ["Step", "FunctionStep"]
 
@@ -28,6 +31,9 @@ class Step:
 
     def process(self, batch: Batch) -> Batch:
         raise NotImplementedError
+
+    def open(self, settings: "KafkaSettings", pipeline: str) -> None:
+        """The worker is starting on this cluster (connect to side topics, start threads here)."""
 
     def on_assign(self, partitions: list[tuple[str, int]]) -> None:
         """Partitions were assigned to this worker (restore per-partition state here)."""

@@ -171,6 +171,8 @@ class Worker:
     def run(self, idle_exit_s: float | None = None) -> WorkerStats:
         """Process batches until stopped (or, with ``idle_exit_s``, after that long without input)."""
         p = self.pipeline
+        for step in p.steps:
+            step.open(self.settings, p.name)
         self.consumer = Consumer(self._consumer_config())
         self.producer = Producer(self._producer_config())
         if p.exactly_once:

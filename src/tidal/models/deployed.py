@@ -1,0 +1,167 @@
+"""The deployed-model step: score with whatever ``tidal.models`` says, swapping without restarts.
+
+``DeployedScoreStep("fraud")`` follows the deployments of model ``fraud`` (see
+:mod:`tidal.registry.deployment`) and scores each micro-batch with the routing it had when
+the batch started:
+
+- ``single``: the primary version scores everything;
+- ``canary`` / ``ab``: rows whose Kafka key hashes below ``share`` go to the secondary;
+  the same key always lands on the same version;
+- ``shadow``: the primary decides; the secondary's score rides along as ``shadow_score``.
+
+Every output names the version that scored it. A canary that raises or returns non-finite
+scores never costs an event — its rows are scored by the primary instead — and after
+``max_canary_failures`` failing batches in a row it is rolled back automatically: a
+``single`` deployment of the primary is published (through the registry when one is given)
+and an alert naming the reason goes to ``tidal.alerts``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from typing import Any
+
+import numpy as np
+import orjson
+from confluent_kafka import Producer
+
+from tidal.broker.topics import ALERTS_TOPIC, MODELS_TOPIC
+from tidal.config import KafkaSettings
+from tidal.models.artifact import LoadedModel
+from tidal.models.follower import DeploymentFollower, Routing
+from tidal.registry.deployment import Deployment
+from tidal.stream.batch import Batch
+from tidal.stream.step import Step
+
+__all__ = ["DeployedScoreStep", "key_buckets"]
+
+log = logging.getLogger("tidal.models")
+
+
+def key_buckets(keys: list[bytes | None], offsets: np.ndarray) -> np.ndarray:
+    """A stable number in [0, 1) per row from its Kafka key (CRC-32); keyless rows use the offset."""
+    crc = zlib.crc32
+    h = np.fromiter((crc(k) if k is not None else crc(b"%d" % o) for k, o in zip(keys, offsets.tolist())),
+                    np.uint32, len(keys))
+    return (h % 10_000) / 10_000
+
+
+def _score(model: LoadedModel, batch: Batch, rows: np.ndarray | None = None) -> np.ndarray:
+    X = model.features_matrix(batch.column)
+    if rows is not None:
+        X = X[rows]
+    return np.asarray(model.predict(X), dtype=np.float64)
+
+
+class DeployedScoreStep(Step):
+    """Score with the live deployment of ``model``; see the module docstring."""
+
+    name = "score"
+    error_reason = "model_error"
+
+    def __init__(self, model: str, settings: KafkaSettings | None = None, topic: str = MODELS_TOPIC,
+                 wait_s: float = 30.0, max_canary_failures: int = 3, registry: Any = None,
+                 alerts_topic: str = ALERTS_TOPIC) -> None:
+        self.model = model
+        self.settings = settings
+        self.topic = topic
+        self.wait_s = wait_s
+        self.max_canary_failures = max_canary_failures
+        self.registry = registry
+        self.alerts_topic = alerts_topic
+        self.pipeline = ""
+        self.follower: DeploymentFollower | None = None
+        self._failures = 0
+        self._producer: Producer | None = None
+        self._rolled_back: set[tuple[int, float]] = set()
+
+    def open(self, settings: KafkaSettings, pipeline: str) -> None:
+        self.settings = self.settings or settings
+        self.pipeline = pipeline
+        self.follower = DeploymentFollower(self.settings, self.model, self.topic).start()
+
+    def close(self) -> None:
+        if self.follower is not None:
+            self.follower.stop()
+        if self._producer is not None:
+            self._producer.flush(10)
+
+    def process(self, batch: Batch) -> Batch:
+        if self.follower is None:
+            raise RuntimeError("DeployedScoreStep used outside a worker: call open(settings, pipeline) first")
+        routing = self.follower.routing or self.follower.wait_ready(self.wait_s)  # one snapshot per batch
+        d = routing.deployment
+        n = len(batch)
+        scores = _score(routing.primary, batch) if d.mode in ("single", "shadow") else np.empty(n)
+        versions = np.full(n, routing.primary.version, dtype=object)
+        thresholds = np.full(n, routing.primary.card.threshold)
+        if d.mode in ("canary", "ab"):
+            to_secondary = key_buckets(batch.keys, batch.offsets) < d.share
+            scores[~to_secondary] = _score(routing.primary, batch, ~to_secondary)
+            if to_secondary.any():
+                secondary = self._try_secondary(routing, batch, to_secondary)
+                if secondary is None:  # failed: the primary scores these rows too
+                    scores[to_secondary] = _score(routing.primary, batch, to_secondary)
+                else:
+                    scores[to_secondary] = secondary
+                    versions[to_secondary] = routing.secondary.version
+                    thresholds[to_secondary] = routing.secondary.card.threshold
+        elif d.mode == "shadow":
+            shadow = self._try_secondary(routing, batch, None)
+            batch.with_column("shadow_score", shadow if shadow is not None else np.full(n, np.nan))
+            batch.with_column("shadow_version", np.full(n, routing.secondary.version, dtype=object))
+        batch.with_column("score", scores)
+        if routing.primary.card.task == "binary":
+            batch.with_column("decision", scores >= thresholds)
+        batch.with_column("model", np.full(n, self.model, dtype=object))
+        batch.with_column("model_version", versions)
+        return batch
+
+    # -- canary health ---------------------------------------------------------------------
+    def _try_secondary(self, routing: Routing, batch: Batch, rows: np.ndarray | None) -> np.ndarray | None:
+        try:
+            out = _score(routing.secondary, batch, rows)
+            bad = ~np.isfinite(out)
+            if routing.secondary.card.task == "binary":
+                bad |= (out < 0) | (out > 1)
+            if bad.any():
+                raise ValueError(f"{int(bad.sum())} of {len(out)} scores non-finite or outside [0, 1]")
+        except Exception as exc:  # noqa: BLE001 - a failing canary must not fail the batch
+            self._failures += 1
+            reason = f"{type(exc).__name__}: {exc}"
+            log.warning("model %s v%s failed on a batch (%d in a row): %s", self.model,
+                        routing.secondary.version, self._failures, reason)
+            if self._failures >= self.max_canary_failures:
+                self._roll_back(routing.deployment, reason)
+            return None
+        self._failures = 0
+        return out
+
+    def _roll_back(self, d: Deployment, why: str) -> None:
+        if (d.seq, d.time) in self._rolled_back:  # already asked; the follower has not applied it yet
+            return
+        self._rolled_back.add((d.seq, d.time))
+        reason = (f"auto-rollback: {d.mode} v{d.secondary.version} failed {self._failures} batches in a row "
+                  f"({why}); back to v{d.primary.version} only")
+        if self.registry is not None:
+            self.registry.deploy(self.model, "single", int(d.primary.version), reason=reason)
+        else:
+            back = Deployment(self.model, "single", d.primary, seq=d.seq + 1, reason=reason)
+            self._publish(self.topic, self.model.encode(), back.to_json())
+        alert = {"type": "model_rollback", "severity": "critical", "pipeline": self.pipeline, "model": self.model,
+                 "version": d.secondary.version, "restored_version": d.primary.version, "reason": reason,
+                 "time": time.time()}
+        self._publish(self.alerts_topic, self.model.encode(), orjson.dumps(alert))
+        self._failures = 0
+        log.error(reason)
+
+    def _publish(self, topic: str, key: bytes, value: bytes) -> None:
+        from tidal.broker.topics import TopicSpec, ensure_topics
+
+        if self._producer is None:
+            ensure_topics(self.settings, [TopicSpec(self.alerts_topic, 1)])
+            self._producer = Producer(self.settings.client_config({"enable.idempotence": True, "log_level": 3}))
+        self._producer.produce(topic, value, key)
+        self._producer.flush(10)
