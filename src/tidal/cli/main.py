@@ -129,6 +129,8 @@ def run(spec: Path = typer.Argument(..., exists=True, dir_okay=False, help="Pipe
         stats_file: Optional[Path] = typer.Option(None, help="Write final counts here as JSON (NAME-i.json per worker with --workers)."),
         idle_exit: Optional[float] = typer.Option(None, help="Exit after this many seconds without input."),
         log_level: str = typer.Option("INFO", help="Logging level."),
+        metrics_port: int = typer.Option(9400, envvar="TIDAL_METRICS_PORT",
+                                         help="Serve Prometheus /metrics here (worker i: port + i; 0: off)."),
         bootstrap: Optional[str] = BootstrapOpt, kafka_config: Optional[str] = KafkaConfigOpt) -> None:
     """Run a pipeline until Ctrl-C / SIGTERM (which drain, commit and exit 0)."""
     from tidal.stream.runner import default_worker_id, run_worker, spawn_workers, wait_workers
@@ -137,8 +139,8 @@ def run(spec: Path = typer.Argument(..., exists=True, dir_okay=False, help="Pipe
     settings = settings_or_exit(bootstrap, kafka_config)
     if workers == 1:
         wid = worker_id or default_worker_id(worker_index or 0)
-        raise typer.Exit(run_worker(spec, settings, wid, stats_file, idle_exit))
-    procs = spawn_workers(spec, workers, settings, kafka_config, stats_file, idle_exit, log_level)
+        raise typer.Exit(run_worker(spec, settings, wid, stats_file, idle_exit, metrics_port))
+    procs = spawn_workers(spec, workers, settings, kafka_config, stats_file, idle_exit, log_level, metrics_port)
     raise typer.Exit(wait_workers(procs))
 
 

@@ -15,6 +15,7 @@ Declare it in Python (or YAML, see :mod:`tidal.stream.spec`), try it in memory w
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -29,11 +30,16 @@ from tidal.stream.step import FunctionStep, Step
 __all__ = ["Pipeline", "run_steps", "with_source"]
 
 
-def run_steps(steps: Sequence[Step], batch: Batch) -> Batch:
-    """Apply ``steps`` in order; a step that raises sends the batch it got to the DLQ."""
+def run_steps(steps: Sequence[Step], batch: Batch,
+              timer: Callable[[str, float], None] | None = None) -> Batch:
+    """Apply ``steps`` in order; a step that raises sends the batch it got to the DLQ.
+
+    ``timer(step_name, seconds)`` is told how long each step took.
+    """
     for step in steps:
         if not len(batch):
             break
+        t0 = time.perf_counter()
         try:
             out = step.process(batch)
             if not isinstance(out, Batch):
@@ -41,6 +47,8 @@ def run_steps(steps: Sequence[Step], batch: Batch) -> Batch:
             batch = out
         except Exception as exc:  # noqa: BLE001 - any step failure is a DLQ reason, not a crash
             batch = batch.reject_all(step.error_reason, f"{type(exc).__name__}: {exc}", step.name)
+        if timer is not None:
+            timer(step.name, time.perf_counter() - t0)
     return batch
 
 
@@ -92,9 +100,9 @@ class Pipeline:
                   TopicSpec(PipelineTopics(self.name).labels, self.partitions)]
         return specs + [TopicSpec("tidal.models", 1, COMPACTED)]
 
-    def process(self, batch: Batch) -> Batch:
+    def process(self, batch: Batch, timer: Callable[[str, float], None] | None = None) -> Batch:
         """Run every step over one decoded batch and add the source position."""
-        out = run_steps(self.steps, batch)
+        out = run_steps(self.steps, batch, timer)
         return with_source(out) if len(out) else out
 
     def test(self, values: Sequence[bytes], topic: str | None = None) -> tuple[list[bytes], list[Reject]]:

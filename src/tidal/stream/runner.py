@@ -32,13 +32,19 @@ def default_worker_id(index: int = 0) -> str:
 
 
 def run_worker(spec: str | Path, settings: KafkaSettings, worker_id: str | None = None,
-               stats_file: str | Path | None = None, idle_exit_s: float | None = None) -> int:
-    """Run one worker in this process until a signal; write its stats as JSON if asked."""
+               stats_file: str | Path | None = None, idle_exit_s: float | None = None,
+               metrics_port: int | None = None) -> int:
+    """Run one worker in this process until a signal; serve /metrics on ``metrics_port`` (0 or None: off)."""
     from tidal.broker.topics import ensure_topics
+    from tidal.monitor.metrics import serve_metrics
 
     pipeline = load_pipeline(spec)
     ensure_topics(settings, pipeline.topic_specs())
     worker = Worker(pipeline, settings, worker_id or default_worker_id())
+    if metrics_port:
+        port = serve_metrics(worker.metrics.registry, metrics_port)
+        if port:
+            log.info("metrics on http://0.0.0.0:%d/metrics", port)
     worker.install_signal_handlers()
     stats = worker.run(idle_exit_s=idle_exit_s)
     log.info("worker %s done: %s", worker.worker_id, stats.as_dict())
@@ -49,8 +55,9 @@ def run_worker(spec: str | Path, settings: KafkaSettings, worker_id: str | None 
 
 def spawn_workers(spec: str | Path, n: int, settings: KafkaSettings, kafka_config: str | None = None,
                   stats_file: str | Path | None = None, idle_exit_s: float | None = None,
-                  log_level: str = "INFO") -> list[subprocess.Popen]:
-    """Start ``n`` worker processes (``tidal run SPEC --workers 1 --worker-index i``)."""
+                  log_level: str = "INFO", metrics_port: int | None = None) -> list[subprocess.Popen]:
+    """Start ``n`` worker processes (``tidal run SPEC --workers 1 --worker-index i``); worker i
+    serves metrics on ``metrics_port + i``."""
     env = {**os.environ, "TIDAL_BOOTSTRAP_SERVERS": settings.bootstrap}
     procs = []
     for i in range(n):
@@ -63,6 +70,7 @@ def spawn_workers(spec: str | Path, n: int, settings: KafkaSettings, kafka_confi
             cmd += ["--stats-file", str(path.with_name(f"{path.stem}-{i}{path.suffix}"))]
         if idle_exit_s is not None:
             cmd += ["--idle-exit", str(idle_exit_s)]
+        cmd += ["--metrics-port", str(metrics_port + i if metrics_port else 0)]
         procs.append(subprocess.Popen(cmd, env=env))
     return procs
 

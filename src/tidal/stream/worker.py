@@ -28,9 +28,11 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any, Callable
 
+import numpy as np
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from tidal.config import KafkaSettings
+from tidal.monitor.metrics import WorkerMetrics
 from tidal.stream.batch import Batch, Reject
 from tidal.stream.decode import decode_messages
 from tidal.stream.encode import dlq_headers, encode_outputs
@@ -72,12 +74,18 @@ class Worker:
     """Run ``pipeline`` against the cluster in ``settings`` until :meth:`stop` (or a signal)."""
 
     def __init__(self, pipeline: Pipeline, settings: KafkaSettings, worker_id: str = "0",
-                 on_batch: Callable[["Worker", Batch], None] | None = None) -> None:
+                 on_batch: Callable[["Worker", Batch], None] | None = None,
+                 metrics: WorkerMetrics | None = None, lag_interval_s: float = 1.0) -> None:
         self.pipeline = pipeline
         self.settings = settings
         self.worker_id = worker_id
         self.on_batch = on_batch
         self.stats = WorkerStats()
+        self.metrics = metrics or WorkerMetrics(pipeline.name, pipeline.group)
+        self.lag_interval_s = lag_interval_s
+        self._positions: dict[tuple[str, int], int] = {}  # next offset to process, per partition
+        self._last_ts: dict[tuple[str, int], int] = {}  # timestamp (ms) of the last processed event
+        self._lag_at = 0.0
         self._stop = threading.Event()
         self._done: dict[tuple[str, int], int] = {}  # offsets processed and delivered, not yet sync-committed
         self._delivery_errors: list[str] = []
@@ -127,19 +135,31 @@ class Worker:
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
         if err is not None:
             self._delivery_errors.append(f"{msg.topic()}: {err.str()}")
+            self.metrics.produce_errors.inc()
 
     # -- rebalance -------------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.stats.rebalances += 1
+        self.metrics.rebalances.inc()
         self._last_input = min(self._last_input, time.monotonic())
         tps = [(tp.topic, tp.partition) for tp in partitions]
         log.info("worker %s assigned %s", self.worker_id, tps)
+        try:  # where each partition starts, for lag before its first batch
+            for tp in consumer.committed(partitions, timeout=10):
+                if tp.offset >= 0:
+                    self._positions.setdefault((tp.topic, tp.partition), tp.offset)
+        except KafkaException as exc:
+            log.warning("could not read committed offsets: %s", exc)
         for step in self.pipeline.steps:
             step.on_assign(tps)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.stats.rebalances += 1
+        self.metrics.rebalances.inc()
         tps = [(tp.topic, tp.partition) for tp in partitions]
+        for t, q in tps:
+            self.metrics.forget_partition(t, q)
+            self._positions.pop((t, q), None)
         log.info("worker %s revoked %s", self.worker_id, tps)
         for step in self.pipeline.steps:
             step.on_revoke(tps)
@@ -193,6 +213,8 @@ class Worker:
                     continue
                 self._last_input = time.monotonic()
                 self._process(msgs)
+                if time.monotonic() - self._lag_at >= self.lag_interval_s:
+                    self._update_lag()
         finally:
             self._shutdown()
         return self.stats
@@ -215,7 +237,8 @@ class Worker:
         t0 = time.perf_counter()
         p = self.pipeline
         batch, offsets = decode_messages(msgs, p.schema)
-        batch = p.process(batch)
+        self._remember_positions(batch, offsets)
+        batch = p.process(batch, self._time_step)
         outputs = encode_outputs(batch) if len(batch) else []
         if p.exactly_once:
             self._deliver_transaction(batch, outputs, msgs, offsets)
@@ -225,6 +248,7 @@ class Worker:
             self.consumer.commit(offsets=[TopicPartition(t, q, o) for (t, q), o in offsets.items()],
                                  asynchronous=True)
             self.stats.commits += 1
+            self.metrics.commits.inc()
         now = time.time()
         s = self.stats
         s.first_event_at = s.first_event_at or now
@@ -235,8 +259,57 @@ class Worker:
             s.dlq[r.reason] += 1
         s.batches += 1
         s.busy_s += time.perf_counter() - t0
+        self._observe(batch, len(msgs), len(outputs), time.perf_counter() - t0)
         if self.on_batch is not None:
             self.on_batch(self, batch)
+
+    # -- metrics ---------------------------------------------------------------------------
+    def _time_step(self, step: str, seconds: float) -> None:
+        self.metrics.step_seconds.labels(self.pipeline.name, step).observe(seconds)
+
+    def _remember_positions(self, batch: Batch, offsets: dict[tuple[str, int], int]) -> None:
+        self._positions.update(offsets)
+        if len(batch):  # the newest event per partition, for lag in seconds
+            for (t, q) in offsets:
+                rows = np.flatnonzero(batch.partitions == q)
+                if len(rows):
+                    self._last_ts[(t, q)] = int(batch.timestamps[rows[-1]])
+
+    def _observe(self, batch: Batch, n_in: int, n_out: int, seconds: float) -> None:
+        m = self.metrics
+        m.events_in.inc(n_in)
+        m.events_out.inc(n_out)
+        m.batches.inc()
+        m.batch_size.observe(n_in)
+        m.batch_seconds.observe(seconds)
+        for reason, count in Counter(r.reason for r in batch.rejected).items():
+            m.dlq.labels(self.pipeline.name, reason).inc(count)
+        if not len(batch):
+            return
+        m.e2e_latency.observe_many((time.time() * 1000 - batch.timestamps) / 1000)
+        cols = batch.columns
+        if "score" in cols:
+            m.scores.observe_many(cols["score"])
+        if "model_version" in cols and "model" in cols:
+            m.observe_models(cols["model"], cols["model_version"], cols.get("decision"))
+
+    def _update_lag(self) -> None:
+        """Lag per assigned partition: high watermark (from the last fetch) minus our position."""
+        self._lag_at = time.monotonic()
+        now_ms = time.time() * 1000
+        for tp in self.consumer.assignment():
+            key = (tp.topic, tp.partition)
+            try:  # the high watermark of the last fetch; ask the broker if none was fetched yet
+                _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                if high < 0:
+                    _low, high = self.consumer.get_watermark_offsets(tp, timeout=1.0)
+            except KafkaException:
+                continue
+            if high < 0:
+                continue
+            lag = max(0, high - self._positions.get(key, max(_low, 0)))  # no commit yet: from the start
+            age = (now_ms - self._last_ts.get(key, now_ms)) / 1000 if lag else 0.0
+            self.metrics.set_lag(tp.topic, tp.partition, lag, max(0.0, age))
 
     def _produce(self, batch: Batch, outputs: list[bytes]) -> None:
         produce, sink = self.producer.produce, self.pipeline.sink
@@ -275,6 +348,7 @@ class Worker:
                                                  self.consumer.consumer_group_metadata(), 30)
             producer.commit_transaction(60)
             self.stats.commits += 1
+            self.metrics.commits.inc()
         except KafkaException as exc:
             err = exc.args[0]
             if err.fatal() or not err.txn_requires_abort():
