@@ -96,3 +96,33 @@ def test_lag_after_a_known_backlog(settings, name):
     assert 0 < seen["processed"] <= 100
     assert seen["lag"] == 1000 - seen["processed"]
     assert seen["kafka_lag"] == seen["lag"]
+
+
+def test_alert_rule_fires_once_and_resolves_on_tidal_alerts(settings, name):
+    import time
+
+    from tidal.broker.topics import ALERTS_TOPIC
+    from tidal.monitor import AlertRule
+
+    from .kafka_helpers import read_all
+
+    rule = AlertRule.from_dict({"name": f"dlq-{name}", "metric": "tidal_dlq_total", "rate": "> 0", "window_s": 2,
+                                "severity": "critical"})
+    p = Pipeline(name, schema=SCHEMA, alerts=[rule])
+    ensure_topics(settings, p.topic_specs())
+    worker = Worker(p, settings)
+    t = threading.Thread(target=worker.run, daemon=True)
+    t.start()
+    produce(settings, p.sources[0], [b"{bad"] * 5 + [orjson.dumps({"id": i, "x": 0.0, "y": 0.0}) for i in range(50)])
+
+    def mine():
+        return [orjson.loads(m.value()) for m in read_all(settings, ALERTS_TOPIC, 1) if m.key() == rule.name.encode()]
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and [a["state"] for a in mine()] != ["firing", "resolved"]:
+        time.sleep(0.5)
+    worker.stop()
+    t.join(20)
+    alerts = mine()
+    assert [a["state"] for a in alerts] == ["firing", "resolved"]  # once, then resolved, no repeats
+    assert alerts[0]["pipeline"] == name and alerts[0]["severity"] == "critical" and alerts[0]["value"] > 0

@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from tidal.broker.topics import COMPACTED, PipelineTopics, TopicSpec
+from tidal.broker.topics import ALERTS_TOPIC, COMPACTED, MODELS_TOPIC, PipelineTopics, TopicSpec
 from tidal.quality.schema import Schema
 from tidal.stream.batch import Batch, Reject
 from tidal.stream.encode import encode_outputs
@@ -78,6 +78,7 @@ class Pipeline:
     partitions: int = 4
     consumer_config: dict[str, Any] = field(default_factory=dict)
     producer_config: dict[str, Any] = field(default_factory=dict)
+    alerts: list[Any] = field(default_factory=list)  # tidal.monitor.AlertRule
 
     def __post_init__(self) -> None:
         topics = PipelineTopics(self.name)
@@ -98,7 +99,7 @@ class Pipeline:
         specs = [TopicSpec(t, self.partitions) for t in self.sources]
         specs += [TopicSpec(self.sink, self.partitions), TopicSpec(self.dlq, 1),
                   TopicSpec(PipelineTopics(self.name).labels, self.partitions)]
-        return specs + [TopicSpec("tidal.models", 1, COMPACTED)]
+        return specs + [TopicSpec(MODELS_TOPIC, 1, COMPACTED), TopicSpec(ALERTS_TOPIC, 1)]
 
     def process(self, batch: Batch, timer: Callable[[str, float], None] | None = None) -> Batch:
         """Run every step over one decoded batch and add the source position."""

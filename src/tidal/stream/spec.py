@@ -14,6 +14,9 @@
     batch: {max_batch: 5000, max_wait_ms: 50}
     exactly_once: false
     kafka: {consumer: {}, producer: {}}                    # extra librdkafka settings
+    alerts:                                                # rules on any metric → tidal.alerts
+      - {name: dlq_burst, metric: tidal_dlq_total, rate: "> 5", window_s: 30}
+      - {name: stalled, metric: tidal_events_in_total, absent_for_s: 120, severity: critical}
 
 >>> p = from_dict({"pipeline": "t", "schema": {"x": "float"}, "batch": {"max_batch": 10}})
 >>> p.sources, p.sink, p.max_batch, p.schema.names
@@ -29,6 +32,7 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
+from tidal.monitor.alerts import AlertRule
 from tidal.quality.schema import Schema
 from tidal.stream.pipeline import Pipeline
 from tidal.stream.step import FunctionStep, Step
@@ -36,7 +40,7 @@ from tidal.stream.step import FunctionStep, Step
 __all__ = ["load_pipeline", "from_dict", "STEP_TYPES"]
 
 _KNOWN = {"pipeline", "name", "source", "sources", "sink", "dlq", "group", "schema", "steps", "batch",
-          "exactly_once", "partitions", "kafka"}
+          "exactly_once", "partitions", "kafka", "alerts"}
 
 
 def _score(args: Mapping[str, Any], base: Path) -> Step:
@@ -105,6 +109,7 @@ def from_dict(spec: Mapping[str, Any], base: str | Path = ".") -> Pipeline:
         partitions=int(spec.get("partitions", 4)),
         consumer_config=dict(kafka.get("consumer") or {}),
         producer_config=dict(kafka.get("producer") or {}),
+        alerts=[AlertRule.from_dict(a) for a in spec.get("alerts") or []],
     )
 
 

@@ -29,9 +29,12 @@ from itertools import repeat
 from typing import Any, Callable
 
 import numpy as np
+import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+from tidal.broker.topics import ALERTS_TOPIC
 from tidal.config import KafkaSettings
+from tidal.monitor.alerts import AlertEvaluator
 from tidal.monitor.metrics import WorkerMetrics
 from tidal.stream.batch import Batch, Reject
 from tidal.stream.decode import decode_messages
@@ -86,6 +89,9 @@ class Worker:
         self._positions: dict[tuple[str, int], int] = {}  # next offset to process, per partition
         self._last_ts: dict[tuple[str, int], int] = {}  # timestamp (ms) of the last processed event
         self._lag_at = 0.0
+        self._alerts_at = 0.0
+        self._alert_producer: Producer | None = None
+        self.alerts = AlertEvaluator(pipeline.alerts, self.metrics.registry, pipeline.name, self._emit_alert)
         self._stop = threading.Event()
         self._done: dict[tuple[str, int], int] = {}  # offsets processed and delivered, not yet sync-committed
         self._delivery_errors: list[str] = []
@@ -207,6 +213,9 @@ class Worker:
                 self.producer.poll(0)
                 if msgs:
                     msgs = self._drop_errors(msgs)
+                if self.alerts.rules and time.monotonic() - self._alerts_at >= 1.0:
+                    self._alerts_at = time.monotonic()
+                    self.alerts.evaluate()
                 if not msgs:
                     if idle_exit_s is not None and time.monotonic() - self._last_input > idle_exit_s:
                         break
@@ -293,6 +302,14 @@ class Worker:
         if "model_version" in cols and "model" in cols:
             m.observe_models(cols["model"], cols["model_version"], cols.get("decision"))
 
+    def _emit_alert(self, event: dict[str, Any]) -> None:
+        """Alerts go out on their own producer: outside the batch's transaction, never lost in it."""
+        if self._alert_producer is None:
+            self._alert_producer = Producer(self.settings.client_config({"enable.idempotence": True,
+                                                                         "log_level": 3}))
+        self._alert_producer.produce(ALERTS_TOPIC, orjson.dumps(event), event["rule"].encode())
+        self._alert_producer.poll(0)
+
     def _update_lag(self) -> None:
         """Lag per assigned partition: high watermark (from the last fetch) minus our position."""
         self._lag_at = time.monotonic()
@@ -369,6 +386,8 @@ class Worker:
         try:
             if self.producer is not None:
                 self.producer.flush(30)
+            if self._alert_producer is not None:
+                self._alert_producer.flush(10)
             self._commit_done()
         finally:
             if self.consumer is not None:
