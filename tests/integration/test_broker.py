@@ -64,3 +64,30 @@ def test_unreachable_bootstrap_is_a_clear_error(tmp_path):
     result = tidal("topics", "create", "x", "--bootstrap", f"127.0.0.1:{free_port()}", home=tmp_path)
     assert result.returncode == 2
     assert "No Kafka broker answered" in result.stderr
+
+
+def test_status_reports_group_lag(settings, name):
+    import json
+
+    import orjson
+    from confluent_kafka import Consumer, TopicPartition
+
+    from .kafka_helpers import produce
+
+    ensure_topics(settings, [TopicSpec(f"{name}.events", 2)])
+    produce(settings, f"{name}.events", [orjson.dumps({"i": i}) for i in range(3000)])  # keys spread
+    c = Consumer(settings.client_config({"group.id": f"g-{name}", "log_level": 3}))
+    c.commit(offsets=[TopicPartition(f"{name}.events", 0, 10), TopicPartition(f"{name}.events", 1, 20)],
+             asynchronous=False)
+    c.close()
+    result = subprocess.run([sys.executable, "-m", "tidal", "status", "--json", "--bootstrap", settings.bootstrap],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    [group] = [g for g in status["groups"] if g["group"] == f"g-{name}"]
+    assert group["lag"] == 3000 - 30, group  # exact: ends come from fetch responses
+    assert {p["partition"]: p["committed"] for p in group["partitions"]} == {0: 10, 1: 20}
+    assert status["topics"][f"{name}.events"] == 2
+    table = subprocess.run([sys.executable, "-m", "tidal", "status", "--bootstrap", settings.bootstrap],
+                           capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+    assert table.returncode == 0 and f"g-{name}" in table.stdout

@@ -10,6 +10,8 @@ from typing import Optional
 
 import typer
 
+from tidal.cli.models import models_app
+from tidal.cli.serve import serve_app
 from tidal.config import BrokerUnreachable, KafkaSettings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -20,6 +22,8 @@ demo_app = typer.Typer(no_args_is_help=True, help="Runnable end-to-end demos.")
 app.add_typer(broker_app, name="broker")
 app.add_typer(topics_app, name="topics")
 app.add_typer(demo_app, name="demo")
+app.add_typer(models_app, name="models")
+app.add_typer(serve_app)  # `tidal serve`, `tidal convert`
 
 BootstrapOpt = typer.Option(None, "--bootstrap", "-b", envvar="TIDAL_BOOTSTRAP_SERVERS",
                             help="Kafka bootstrap servers (default: the running embedded broker).")
@@ -142,6 +146,49 @@ def run(spec: Path = typer.Argument(..., exists=True, dir_okay=False, help="Pipe
         raise typer.Exit(run_worker(spec, settings, wid, stats_file, idle_exit, metrics_port))
     procs = spawn_workers(spec, workers, settings, kafka_config, stats_file, idle_exit, log_level, metrics_port)
     raise typer.Exit(wait_workers(procs))
+
+
+@app.command()
+def status(as_json: bool = typer.Option(False, "--json", help="Print the status as one JSON object."),
+           bootstrap: Optional[str] = BootstrapOpt, kafka_config: Optional[str] = KafkaConfigOpt) -> None:
+    """One screen: the cluster, each consumer group's lag, deployed models, active alerts."""
+    from tidal.monitor.status import cluster_status
+
+    settings = settings_or_exit(bootstrap, kafka_config)
+    s = cluster_status(settings)
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(s))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]Kafka[/] {s['bootstrap']}: {s['brokers']} broker(s), metadata in {s['metadata_ms']} ms, "
+                  f"{len(s['topics'])} topics")
+    groups = Table("group", "state", "members", "topic", "partition", "committed", "end", "lag", title="consumer groups")
+    for g in s["groups"]:
+        for i, p in enumerate(g["partitions"] or [{}]):
+            groups.add_row(g["group"] if i == 0 else "", g["state"] if i == 0 else "",
+                           str(g["members"]) if i == 0 else "", p.get("topic", ""), str(p.get("partition", "")),
+                           str(p.get("committed", "")), str(p.get("end", "")), str(p.get("lag", "")))
+    console.print(groups)
+    if s["models"]:
+        models = Table("model", "mode", "primary", "secondary", "share", "reason", title="deployed models")
+        for name, d in sorted(s["models"].items()):
+            second = d.get("secondary") or {}
+            models.add_row(name, d["mode"], f"v{d['primary']['version']}",
+                           f"v{second['version']}" if second else "", f"{d.get('share', 0):.0%}", d.get("reason", ""))
+        console.print(models)
+    if s["active_alerts"]:
+        alerts = Table("rule", "severity", "pipeline", "message", title="active alerts")
+        for a in s["active_alerts"]:
+            alerts.add_row(a.get("rule") or a.get("type", ""), a.get("severity", ""), a.get("pipeline", ""),
+                           a.get("message") or a.get("reason", ""))
+        console.print(alerts)
+    else:
+        console.print("no active alerts")
 
 
 @demo_app.command("fraud")

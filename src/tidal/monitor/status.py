@@ -1,0 +1,122 @@
+"""``tidal status``: the cluster, the consumer groups' lag, the deployed models, active alerts.
+
+End offsets come from a fetch response's high watermark (read to partition end), which is
+authoritative on every broker; ``ListOffsets(latest)`` alone under-reports on the embedded
+broker (see README, known quirks).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from confluent_kafka import OFFSET_END, Consumer, ConsumerGroupTopicPartitions, KafkaError, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from tidal.broker.topics import ALERTS_TOPIC, MODELS_TOPIC
+from tidal.config import KafkaSettings
+
+__all__ = ["end_offsets", "cluster_status", "read_topic"]
+
+
+def end_offsets(settings: KafkaSettings, tps: list[TopicPartition], timeout: float = 10.0) -> dict[tuple[str, int], int]:
+    """High watermark per (topic, partition), taken from real fetch responses."""
+    if not tps:
+        return {}
+    c = Consumer(settings.client_config({"group.id": "tidal.status", "enable.auto.commit": False,
+                                         "enable.partition.eof": True, "log_level": 3}))
+    try:
+        c.assign([TopicPartition(tp.topic, tp.partition, OFFSET_END) for tp in tps])
+        waiting = {(tp.topic, tp.partition) for tp in tps}
+        deadline = time.monotonic() + timeout
+        while waiting and time.monotonic() < deadline:
+            for m in c.consume(1000, 0.2):
+                if m.error() is None or m.error().code() == KafkaError._PARTITION_EOF:
+                    waiting.discard((m.topic(), m.partition()))
+        out = {}
+        for tp in tps:
+            _low, high = c.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), cached=True)
+            if high < 0:
+                _low, high = c.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=timeout)
+            out[(tp.topic, tp.partition)] = high
+        return out
+    finally:
+        c.close()
+
+
+def read_topic(settings: KafkaSettings, topic: str, timeout: float = 5.0) -> list[Any]:
+    """Every message of a (small, control) topic, read to each partition's end."""
+    c = Consumer(settings.client_config({"group.id": "tidal.status", "enable.auto.commit": False,
+                                         "enable.partition.eof": True, "log_level": 3}))
+    try:
+        md = c.list_topics(topic, timeout=timeout).topics.get(topic)
+        if md is None or md.error is not None:
+            return []
+        c.assign([TopicPartition(topic, p, 0) for p in md.partitions])
+        open_parts, out = set(md.partitions), []
+        deadline = time.monotonic() + timeout
+        while open_parts and time.monotonic() < deadline:
+            for m in c.consume(1000, 0.2):
+                if m.error():
+                    if m.error().code() == KafkaError._PARTITION_EOF:
+                        open_parts.discard(m.partition())
+                    continue
+                out.append(m)
+        return out
+    finally:
+        c.close()
+
+
+def cluster_status(settings: KafkaSettings, timeout: float = 10.0) -> dict[str, Any]:
+    """Everything ``tidal status`` shows, as plain data."""
+    t0 = time.monotonic()
+    admin = AdminClient(settings.client_config({"log_level": 0}))
+    md = admin.list_topics(timeout=timeout)
+    status: dict[str, Any] = {
+        "bootstrap": settings.bootstrap, "reachable": True, "brokers": len(md.brokers),
+        "metadata_ms": round((time.monotonic() - t0) * 1000, 1), "cluster_id": md.cluster_id,
+        "topics": {t: len(m.partitions) for t, m in sorted(md.topics.items()) if not t.startswith("__")},
+        "groups": [], "models": {}, "active_alerts": [],
+    }
+    groups = admin.list_consumer_groups(request_timeout=timeout).result()
+    names = sorted(g.group_id for g in groups.valid if not g.group_id.startswith("tidal.status"))
+    described = {}
+    if names:
+        for gid, future in admin.describe_consumer_groups(names, request_timeout=timeout).items():
+            try:
+                described[gid] = future.result()
+            except Exception:  # noqa: BLE001 - a group that vanished meanwhile
+                pass
+    committed: dict[str, list[TopicPartition]] = {}
+    for gid in names:
+        req = [ConsumerGroupTopicPartitions(gid)]
+        for _g, future in admin.list_consumer_group_offsets(req, request_timeout=timeout).items():
+            committed[gid] = [tp for tp in future.result().topic_partitions if tp.offset >= 0]
+    ends = end_offsets(settings, [tp for tps in committed.values() for tp in tps], timeout)
+    for gid in names:
+        parts = []
+        for tp in sorted(committed.get(gid, []), key=lambda tp: (tp.topic, tp.partition)):
+            end = ends.get((tp.topic, tp.partition), -1)
+            parts.append({"topic": tp.topic, "partition": tp.partition, "committed": tp.offset, "end": end,
+                          "lag": max(0, end - tp.offset) if end >= 0 else None})
+        d = described.get(gid)
+        status["groups"].append({
+            "group": gid, "state": d.state.name.lower() if d is not None else "unknown",
+            "members": len(d.members) if d is not None else 0, "partitions": parts,
+            "lag": sum(p["lag"] or 0 for p in parts)})
+    if MODELS_TOPIC in md.topics:
+        for m in read_topic(settings, MODELS_TOPIC, timeout):
+            if m.key() and m.value():
+                status["models"][m.key().decode()] = orjson.loads(m.value())
+    if ALERTS_TOPIC in md.topics:
+        active: dict[str, dict] = {}
+        for m in read_topic(settings, ALERTS_TOPIC, timeout):
+            event = orjson.loads(m.value())
+            key = event.get("rule") or event.get("type", "?")
+            if event.get("state") == "resolved":
+                active.pop(key, None)
+            else:
+                active[key] = event
+        status["active_alerts"] = list(active.values())[-20:]
+    return status
