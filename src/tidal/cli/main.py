@@ -191,6 +191,37 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print the status 
         console.print("no active alerts")
 
 
+@app.command("trace")
+def trace_cmd(event_id: str, pipeline: str = typer.Option(..., "--pipeline", "-p", help="Pipeline name."),
+              id_field: str = typer.Option("event_id", help="The field that holds the event id."),
+              as_json: bool = typer.Option(False, "--json", help="Print the path as one JSON object."),
+              bootstrap: Optional[str] = BootstrapOpt, kafka_config: Optional[str] = KafkaConfigOpt) -> None:
+    """Show one event's path: input, model and version, what was added (scores, explanation) or why it was rejected."""
+    import json
+
+    from tidal.monitor.trace import trace
+
+    settings = settings_or_exit(bootstrap, kafka_config)
+    t = trace(settings, pipeline, event_id, id_field)
+    if as_json:
+        typer.echo(json.dumps(t, default=str))
+    else:
+        from rich.console import Console
+        from rich.pretty import Pretty
+
+        console = Console()
+        if not t["found"]:
+            console.print(f"event {event_id!r} not found on {pipeline}.predictions or {pipeline}.dlq")
+        for title, key in (("input", "input"), ("model", "model"), ("added by the pipeline", "added"),
+                           ("explanation (top contributions)", "explanation"), ("dead-letter", "dead_letters")):
+            if t.get(key):
+                console.rule(title)
+                console.print(Pretty(t[key]))
+        if t.get("duplicates"):
+            console.print(f"[yellow]{t['duplicates']} duplicate output(s)[/] (at-least-once redelivery)")
+    raise typer.Exit(0 if t["found"] else 1)
+
+
 @demo_app.command("fraud")
 def demo_fraud(events: int = typer.Option(300_000, help="Transactions to generate."),
                workers: int = typer.Option(1, help="Scoring worker processes."),

@@ -13,7 +13,7 @@ array([2., 4.])
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from tidal.stream.batch import Batch
 
@@ -34,6 +34,9 @@ class Step:
 
     def open(self, settings: "KafkaSettings", pipeline: str) -> None:
         """The worker is starting on this cluster (connect to side topics, start threads here)."""
+
+    def attach_metrics(self, metrics: Any) -> None:
+        """Register this step's own metrics on the worker's registry (``metrics.registry``)."""
 
     def on_assign(self, partitions: list[tuple[str, int]]) -> None:
         """Partitions were assigned to this worker (restore per-partition state here)."""

@@ -199,6 +199,7 @@ class Worker:
         p = self.pipeline
         for step in p.steps:
             step.open(self.settings, p.name)
+            step.attach_metrics(self.metrics)
         self.consumer = Consumer(self._consumer_config())
         self.producer = Producer(self._producer_config())
         if p.exactly_once:
