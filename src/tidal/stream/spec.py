@@ -9,6 +9,7 @@
     steps:
       - score: {model: models/fraud-v1, threshold: 0.5}   # a fixed model folder (relative to this file)
       # or: - deployed: {model: fraud}                   # follow tidal.models: hot-swap, canary, shadow
+      - explain: {sample: 0.01, k: 3}                      # top-k contributions on 1% of rows
       - python: mypackage.steps:flag_large                 # a Step class or a batch -> batch function
         args: {limit: 1000}
     batch: {max_batch: 5000, max_wait_ms: 50}
@@ -70,7 +71,14 @@ def _deployed(args: Mapping[str, Any], base: Path) -> Step:
     return DeployedScoreStep(args.pop("model"), **args)
 
 
-STEP_TYPES: dict[str, Callable[..., Step]] = {"score": _score, "deployed": _deployed}
+def _remote(args: Mapping[str, Any], base: Path) -> Step:
+    from tidal.serve.remote import RemoteScoreStep
+
+    args = dict(args)
+    return RemoteScoreStep(args.pop("url"), args.pop("model"), **args)
+
+
+STEP_TYPES: dict[str, Callable[..., Step]] = {"score": _score, "deployed": _deployed, "remote": _remote}
 
 
 def _step(entry: Mapping[str, Any], base: Path) -> Step:
@@ -81,6 +89,23 @@ def _step(entry: Mapping[str, Any], base: Path) -> Step:
         raise ValueError(f"unknown step {entry!r}; use one of {sorted(STEP_TYPES)} or 'python: module:attr'")
     kind, args = next(iter(entry.items()))
     return STEP_TYPES[kind](args or {}, base)
+
+
+def _with_explain(steps: list[Step], entry: Mapping[str, Any]) -> Step:
+    """``explain: {sample: 0.01, k: 3}`` explains the rows of the model step before it."""
+    from tidal.models.explain import ExplainStep
+
+    scorers = [s for s in steps if s.name == "score"]
+    if not scorers:
+        raise ValueError("an explain step needs a score or deployed step before it")
+    return ExplainStep(scorers[-1], **dict(entry.get("explain") or {}))
+
+
+def _steps(entries: list[Mapping[str, Any]], base: Path) -> list[Step]:
+    steps: list[Step] = []
+    for entry in entries:
+        steps.append(_with_explain(steps, entry) if "explain" in dict(entry) else _step(entry, base))
+    return steps
 
 
 def from_dict(spec: Mapping[str, Any], base: str | Path = ".") -> Pipeline:
@@ -97,7 +122,7 @@ def from_dict(spec: Mapping[str, Any], base: str | Path = ".") -> Pipeline:
     kafka = spec.get("kafka") or {}
     return Pipeline(
         name=name,
-        steps=[_step(s, base) for s in spec.get("steps") or []],
+        steps=_steps(spec.get("steps") or [], base),
         schema=Schema.from_dict(spec["schema"]) if spec.get("schema") else None,
         sources=[sources] if isinstance(sources, str) else sources,
         sink=spec.get("sink"),
