@@ -81,7 +81,8 @@ def test_then_wraps_functions_and_keeps_steps():
 def test_topic_specs():
     p = Pipeline("p", sources=["s1", "s2"], partitions=6)
     specs = {s.name: s for s in p.topic_specs()}
-    assert set(specs) == {"s1", "s2", "p.predictions", "p.dlq", "p.labels", "tidal.models"}
+    assert set(specs) == {"s1", "s2", "p.predictions", "p.dlq", "tidal.models", "tidal.alerts"}
+    assert "p.labels" in {s.name for s in Pipeline("p").topic_specs()}  # default sources: a scoring pipeline
     assert specs["s1"].partitions == specs["s2"].partitions == specs["p.predictions"].partitions == 6
     assert specs["p.dlq"].partitions == 1
     models = specs["tidal.models"]

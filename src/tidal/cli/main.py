@@ -191,6 +191,33 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print the status 
         console.print("no active alerts")
 
 
+@app.command()
+def monitor(pipeline: str = typer.Argument(..., help="The scoring pipeline to watch."),
+            window: int = typer.Option(1000, help="Rolling window in labelled events."),
+            period_s: float = typer.Option(3600, help="Rolling window in seconds."),
+            task: str = typer.Option("binary", help="binary or regression."),
+            horizon_s: float = typer.Option(7 * 24 * 3600, help="How long a prediction waits for its label."),
+            metrics_port: int = typer.Option(9410, envvar="TIDAL_MONITOR_METRICS_PORT", help="/metrics port (0: off)."),
+            log_level: str = typer.Option("INFO"),
+            bootstrap: Optional[str] = BootstrapOpt, kafka_config: Optional[str] = KafkaConfigOpt) -> None:
+    """Join PIPELINE's delayed labels with its predictions; live quality per model version."""
+    from tidal.broker.topics import ensure_topics
+    from tidal.monitor.metrics import serve_metrics
+    from tidal.monitor.quality import monitor_pipeline
+    from tidal.stream.runner import default_worker_id
+    from tidal.stream.worker import Worker
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = settings_or_exit(bootstrap, kafka_config)
+    p = monitor_pipeline(pipeline, window, period_s, task, horizon_s)
+    ensure_topics(settings, p.topic_specs())
+    worker = Worker(p, settings, default_worker_id())
+    if metrics_port:
+        serve_metrics(worker.metrics.registry, metrics_port)
+    worker.install_signal_handlers()
+    worker.run()
+
+
 @app.command("trace")
 def trace_cmd(event_id: str, pipeline: str = typer.Option(..., "--pipeline", "-p", help="Pipeline name."),
               id_field: str = typer.Option("event_id", help="The field that holds the event id."),

@@ -79,6 +79,7 @@ class Pipeline:
     consumer_config: dict[str, Any] = field(default_factory=dict)
     producer_config: dict[str, Any] = field(default_factory=dict)
     alerts: list[Any] = field(default_factory=list)  # tidal.monitor.AlertRule
+    lineage: bool = True  # add source_topic/partition/offset/timestamp to outputs
 
     def __post_init__(self) -> None:
         topics = PipelineTopics(self.name)
@@ -97,14 +98,16 @@ class Pipeline:
     def topic_specs(self) -> list[TopicSpec]:
         """The topics this pipeline needs, for :func:`tidal.broker.topics.ensure_topics`."""
         specs = [TopicSpec(t, self.partitions) for t in self.sources]
-        specs += [TopicSpec(self.sink, self.partitions), TopicSpec(self.dlq, 1),
-                  TopicSpec(PipelineTopics(self.name).labels, self.partitions)]
+        specs += [TopicSpec(self.sink, self.partitions), TopicSpec(self.dlq, 1)]
+        topics = PipelineTopics(self.name)
+        if self.sources == [topics.events]:  # a scoring pipeline: its labels topic too
+            specs.append(TopicSpec(topics.labels, self.partitions))
         return specs + [TopicSpec(MODELS_TOPIC, 1, COMPACTED), TopicSpec(ALERTS_TOPIC, 1)]
 
     def process(self, batch: Batch, timer: Callable[[str, float], None] | None = None) -> Batch:
         """Run every step over one decoded batch and add the source position."""
         out = run_steps(self.steps, batch, timer)
-        return with_source(out) if len(out) else out
+        return with_source(out) if len(out) and self.lineage else out
 
     def test(self, values: Sequence[bytes], topic: str | None = None) -> tuple[list[bytes], list[Reject]]:
         """Run the pipeline over raw message values in memory, no Kafka: (outputs, rejects)."""
