@@ -105,6 +105,8 @@ class WorkerMetrics:
         self.kafka_lag_s = Gauge("kafka_consumergroup_group_lag_seconds",
                                  "Age of the oldest unprocessed message, estimated (kafka-lag-exporter).",
                                  ["group", "topic", "partition"], registry=r)
+        self.state_entries = Gauge("tidal_state_entries", "Keys held in a state store by this worker.",
+                                   ["pipeline", "state"], registry=r)
         self._versions: set[tuple[str, str]] = set()
 
     def observe_models(self, models: np.ndarray, versions: np.ndarray, decisions: np.ndarray | None) -> None:

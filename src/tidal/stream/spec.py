@@ -10,6 +10,7 @@
       - score: {model: models/fraud-v1, threshold: 0.5}   # a fixed model folder (relative to this file)
       # or: - deployed: {model: fraud}                   # follow tidal.models: hot-swap, canary, shadow
       - explain: {sample: 0.01, k: 3}                      # top-k contributions on 1% of rows
+      - window: {key: card_id, time_field: ts, window_s: 3600, aggs: {spend_1h: [amount, sum]}}
       - python: mypackage.steps:flag_large                 # a Step class or a batch -> batch function
         args: {limit: 1000}
     batch: {max_batch: 5000, max_wait_ms: 50}
@@ -79,6 +80,17 @@ def _remote(args: Mapping[str, Any], base: Path) -> Step:
 
 
 STEP_TYPES: dict[str, Callable[..., Step]] = {"score": _score, "deployed": _deployed, "remote": _remote}
+
+
+def _window(args: Mapping[str, Any], base: Path) -> Step:
+    from tidal.features.windows import WindowAggregate
+
+    args = dict(args)
+    aggs = {name: tuple(spec) for name, spec in dict(args.pop("aggs")).items()}
+    return WindowAggregate(args.pop("key"), aggs, **args)
+
+
+STEP_TYPES["window"] = _window
 
 
 def _step(entry: Mapping[str, Any], base: Path) -> Step:

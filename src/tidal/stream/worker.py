@@ -40,6 +40,7 @@ from tidal.stream.batch import Batch, Reject
 from tidal.stream.decode import decode_messages
 from tidal.stream.encode import dlq_headers, encode_outputs
 from tidal.stream.pipeline import Pipeline
+from tidal.stream.state import StateStore, restore_partitions
 
 __all__ = ["Worker", "WorkerStats", "DeliveryFailed"]
 
@@ -98,6 +99,7 @@ class Worker:
         self._last_input = float("inf")
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
+        self.stores: list[StateStore] = []
 
     # -- clients ---------------------------------------------------------------------------
     def _consumer_config(self) -> dict[str, Any]:
@@ -150,14 +152,25 @@ class Worker:
         self._last_input = min(self._last_input, time.monotonic())
         tps = [(tp.topic, tp.partition) for tp in partitions]
         log.info("worker %s assigned %s", self.worker_id, tps)
-        try:  # where each partition starts, for lag before its first batch
+        committed: dict[tuple[str, int], int] = {}
+        try:  # where each partition starts: for lag, and for restoring state
             for tp in consumer.committed(partitions, timeout=10):
+                committed[(tp.topic, tp.partition)] = tp.offset
                 if tp.offset >= 0:
                     self._positions.setdefault((tp.topic, tp.partition), tp.offset)
         except KafkaException as exc:
+            if self.stores:
+                raise  # restoring state without knowing what committed could apply a batch twice
             log.warning("could not read committed offsets: %s", exc)
+        for store in self.stores:  # state first: no batch of these partitions runs before it is back
+            t0 = time.monotonic()
+            n = restore_partitions(self.settings, store, {q: committed.get((t, q), -1) for t, q in tps})
+            log.info("restored %s %s: %d changelog records in %.2fs", store.name, [q for _t, q in tps], n,
+                     time.monotonic() - t0)
         for step in self.pipeline.steps:
             step.on_assign(tps)
+        self._last_input = min(self._last_input, time.monotonic()) if self._last_input == float("inf") \
+            else time.monotonic()  # restoring is not idleness
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.stats.rebalances += 1
@@ -170,6 +183,9 @@ class Worker:
         for step in self.pipeline.steps:
             step.on_revoke(tps)
         self._commit_done(only=set(tps))
+        for store in self.stores:
+            for _t, q in tps:
+                store.drop(q)
 
     def _commit_done(self, only: set[tuple[str, int]] | None = None) -> None:
         """Synchronously commit delivered offsets (at-least-once); in EOS the transaction did it."""
@@ -197,6 +213,7 @@ class Worker:
     def run(self, idle_exit_s: float | None = None) -> WorkerStats:
         """Process batches until stopped (or, with ``idle_exit_s``, after that long without input)."""
         p = self.pipeline
+        self.stores = self._make_stores()
         for step in p.steps:
             step.open(self.settings, p.name)
             step.attach_metrics(self.metrics)
@@ -250,10 +267,11 @@ class Worker:
         self._remember_positions(batch, offsets)
         batch = p.process(batch, self._time_step)
         outputs = encode_outputs(batch) if len(batch) else []
+        changes = self._state_changes(offsets)
         if p.exactly_once:
-            self._deliver_transaction(batch, outputs, msgs, offsets)
+            self._deliver_transaction(batch, outputs, msgs, offsets, changes)
         else:
-            self._deliver(batch, outputs)
+            self._deliver(batch, outputs, changes)
             self._done.update(offsets)
             self.consumer.commit(offsets=[TopicPartition(t, q, o) for (t, q), o in offsets.items()],
                                  asynchronous=True)
@@ -329,7 +347,43 @@ class Worker:
             age = (now_ms - self._last_ts.get(key, now_ms)) / 1000 if lag else 0.0
             self.metrics.set_lag(tp.topic, tp.partition, lag, max(0.0, age))
 
-    def _produce(self, batch: Batch, outputs: list[bytes]) -> None:
+    # -- state -----------------------------------------------------------------------------
+    def _make_stores(self) -> list[StateStore]:
+        """A store (and a compacted changelog topic) for each step that declares ``state_name``."""
+        from tidal.broker.topics import COMPACTED, TopicSpec, ensure_topics
+
+        p = self.pipeline
+        stateful = [s for s in p.steps if getattr(s, "state_name", None)]
+        if not stateful:
+            return []
+        if len(p.sources) != 1:
+            raise ValueError("stateful steps need a pipeline with exactly one source topic")
+        from confluent_kafka.admin import AdminClient
+
+        md = AdminClient(self.settings.client_config({"log_level": 0})).list_topics(p.sources[0], timeout=10)
+        n = len(md.topics[p.sources[0]].partitions) or p.partitions  # co-partitioned with the source
+        stores = []
+        for step in stateful:
+            store = StateStore(step.state_name, f"{p.name}.{step.state_name}.changelog")
+            ensure_topics(self.settings, [TopicSpec(store.changelog, n, COMPACTED)])
+            step.state = store
+            stores.append(store)
+        return stores
+
+    def _state_changes(self, offsets: dict[tuple[str, int], int]) -> list[tuple[str, int, bytes, bytes]]:
+        if not self.stores:
+            return []
+        stamps = {q: o for (_t, q), o in offsets.items()}
+        out = []
+        for store in self.stores:
+            out.extend((store.changelog, q, k, v) for q, k, v in store.changelog_records(stamps))
+            self.metrics.state_entries.labels(self.pipeline.name, store.name).set(store.size())
+        return out
+
+    def _produce(self, batch: Batch, outputs: list[bytes],
+                 changes: list[tuple[str, int, bytes, bytes]] = ()) -> None:
+        for topic, q, key, value in changes:  # state changelog: same delivery (or transaction) as outputs
+            self.producer.produce(topic, value, key, q)
         produce, sink = self.producer.produce, self.pipeline.sink
         try:
             list(map(produce, repeat(sink), outputs, batch.keys))
@@ -348,8 +402,8 @@ class Worker:
             except BufferError:
                 self.producer.poll(0.1)
 
-    def _deliver(self, batch: Batch, outputs: list[bytes]) -> None:
-        self._produce(batch, outputs)
+    def _deliver(self, batch: Batch, outputs: list[bytes], changes: list = ()) -> None:
+        self._produce(batch, outputs, changes)
         while self.producer.flush(10) > 0:
             log.warning("waiting for the broker to acknowledge the batch")
         if self._delivery_errors:
@@ -357,11 +411,11 @@ class Worker:
             raise DeliveryFailed(f"{len(errors)} records not acknowledged, offsets not committed: {errors[0]}")
 
     def _deliver_transaction(self, batch: Batch, outputs: list[bytes], msgs: list[Any],
-                             offsets: dict[tuple[str, int], int]) -> None:
+                             offsets: dict[tuple[str, int], int], changes: list = ()) -> None:
         producer = self.producer
         producer.begin_transaction()
         try:
-            self._produce(batch, outputs)
+            self._produce(batch, outputs, changes)
             producer.send_offsets_to_transaction([TopicPartition(t, q, o) for (t, q), o in offsets.items()],
                                                  self.consumer.consumer_group_metadata(), 30)
             producer.commit_transaction(60)

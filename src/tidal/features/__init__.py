@@ -1,0 +1,5 @@
+"""Streaming features: per-key aggregates over event-time windows, with changelog-backed state."""
+
+from tidal.features.windows import AGGREGATES, WindowAggregate
+
+__all__ = ["AGGREGATES", "WindowAggregate"]
