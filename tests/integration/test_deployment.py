@@ -194,3 +194,47 @@ def test_bad_canary_is_rolled_back_with_an_alert(settings, name, versions):
     alerts = [orjson.loads(m.value()) for m in read_all(settings, ALERTS_TOPIC, 1) if m.key() == model.encode()]
     assert alerts and alerts[0]["type"] == "model_rollback" and alerts[0]["version"] == "3"
     assert "outside [0, 1]" in alerts[0]["reason"]
+
+
+def test_registry_promotion_and_auto_rollback_end_to_end(settings, name, versions, tmp_path):
+    from tidal.registry import KafkaPublisher, Registry
+
+    model = f"m-{name}"
+    registry = Registry(tmp_path / "registry", publisher=KafkaPublisher(settings))
+    for v in (1, 2, 3):
+        registry.register(model, folder=versions[v].path)
+    registry.promote(model, 1, reason="first")
+    p = Pipeline(name, schema=SCHEMA, max_batch=200, max_wait_ms=20,
+                 steps=[DeployedScoreStep(model, wait_s=20, registry=str(tmp_path / "registry"))])
+    ensure_topics(settings, p.topic_specs())
+    w = Worker(p, settings)
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    values, keys = events(3000)
+    produce(settings, f"{name}.events", values[:1000], keys[:1000])
+    wait_outputs(settings, f"{name}.predictions", 1000)
+    registry.promote(model, 2, reason="better")
+    follower = p.steps[0].follower
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and follower.routing.primary.version != "2":
+        time.sleep(0.05)
+    produce(settings, f"{name}.events", values[1000:2000], keys[1000:2000])
+    wait_outputs(settings, f"{name}.predictions", 2000)
+    registry.deploy(model, "canary", 2, 3, share=0.5, reason="try v3")  # v3 emits invalid scores
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and follower.routing.deployment.mode != "canary":
+        time.sleep(0.05)
+    produce(settings, f"{name}.events", values[2000:], keys[2000:])
+    out = wait_outputs(settings, f"{name}.predictions", 3000)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and registry.deployment(model).mode != "single":
+        time.sleep(0.1)
+    stop((w, t))
+
+    assert sorted(r["id"] for r in out) == list(range(3000))
+    by_id = {r["id"]: r["model_version"] for r in out}
+    assert {by_id[i] for i in range(1000)} == {"1"} and {by_id[i] for i in range(1000, 2000)} == {"2"}
+    assert "3" not in set(by_id.values())
+    last = registry.deployment(model)
+    assert last.mode == "single" and last.primary.version == "2" and "auto-rollback" in last.reason
+    assert [a.new_version for a in registry.alias_history(model, "champion")] == [1, 2]

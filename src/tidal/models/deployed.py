@@ -12,8 +12,9 @@ the batch started:
 Every output names the version that scored it. A canary that raises or returns non-finite
 scores never costs an event — its rows are scored by the primary instead — and after
 ``max_canary_failures`` failing batches in a row it is rolled back automatically: a
-``single`` deployment of the primary is published (through the registry when one is given)
-and an alert naming the reason goes to ``tidal.alerts``.
+``single`` deployment of the primary is published (through the registry when one is given —
+a :class:`~tidal.registry.Registry` or its folder — so the registry's history records it) and
+an alert naming the reason goes to ``tidal.alerts``.
 """
 
 from __future__ import annotations
@@ -80,6 +81,10 @@ class DeployedScoreStep(Step):
     def open(self, settings: KafkaSettings, pipeline: str) -> None:
         self.settings = self.settings or settings
         self.pipeline = pipeline
+        if isinstance(self.registry, (str, bytes)) or hasattr(self.registry, "__fspath__"):
+            from tidal.registry import KafkaPublisher, Registry  # a path: rollbacks go through the registry
+
+            self.registry = Registry(self.registry, publisher=KafkaPublisher(self.settings, self.topic))
         self.follower = DeploymentFollower(self.settings, self.model, self.topic).start()
 
     def close(self) -> None:
@@ -145,7 +150,7 @@ class DeployedScoreStep(Step):
         self._rolled_back.add((d.seq, d.time))
         reason = (f"auto-rollback: {d.mode} v{d.secondary.version} failed {self._failures} batches in a row "
                   f"({why}); back to v{d.primary.version} only")
-        if self.registry is not None:
+        if self.registry is not None:  # recorded in the registry's history, then published
             self.registry.deploy(self.model, "single", int(d.primary.version), reason=reason)
         else:
             back = Deployment(self.model, "single", d.primary, seq=d.seq + 1, reason=reason)
