@@ -104,46 +104,57 @@ class WindowAggregate(Step):
         n = len(batch)
         times = (batch.column(self.time_field).astype(np.int64) if self.time_field else batch.timestamps).tolist()
         keys = [str(k) for k in batch.column(self.key).tolist()]
-        values = {f: batch.column(f).astype(np.float64).tolist() for f in self._fields}
+        values = [(f, batch.column(f).astype(np.float64).tolist()) for f in self._fields]
         out = {name: np.full(n, np.nan) for name in self.aggs}
+        outputs = [(f, agg, out[name]) for name, (f, agg) in self.aggs.items()]
         late = np.zeros(n, dtype=bool)
         w, lateness = self.window_ms, self.lateness_ms
-        aggs = [(name, values[f], agg, out[name]) for name, (f, agg) in self.aggs.items()]
-        partitions = batch.partitions.tolist()
-        for i, (key, t, p) in enumerate(zip(keys, times, partitions)):
+        marks: dict[int, int] = {}  # watermark per partition, written back once per batch
+        for i, (key, t, p) in enumerate(zip(keys, times, batch.partitions.tolist())):
             part = self.state.partition(p)
-            watermark = part.get(_WM, -(1 << 62))
+            watermark = marks.get(p)
+            if watermark is None:
+                watermark = marks[p] = part.get(_WM, -(1 << 62))
             starts = self._starts(t)
             if w is not None and starts[-1] + w + lateness <= watermark:
                 late[i] = True  # even its latest window has closed
                 continue
-            if t > watermark:
-                part.set(_WM, t)
-            windows = part.get(key) or {}
+            windows = part.data.get(key)
+            if windows is None:
+                windows = {}
             first = None
             for start in starts:
                 if w is not None and start + w + lateness <= watermark:
                     continue  # this window closed; a later one still takes the event
-                first = first or str(start)
-                accs = windows.setdefault(str(start), {})
-                for name, vals, _agg, _col in aggs:
+                sk = str(start)
+                first = first or sk
+                accs = windows.get(sk)
+                if accs is None:
+                    accs = windows[sk] = {}
+                for f, vals in values:  # one accumulator per field, shared by its aggregates
                     x = vals[i]
-                    acc = accs.get(name)
+                    acc = accs.get(f)
                     if acc is None:
-                        accs[name] = [1, x, x * x, x, x, x]
+                        accs[f] = [1, x, x * x, x, x, x]
                     else:
                         acc[0] += 1
                         acc[1] += x
                         acc[2] += x * x
-                        acc[3] = min(acc[3], x)
-                        acc[4] = max(acc[4], x)
+                        if x < acc[3]:
+                            acc[3] = x
+                        if x > acc[4]:
+                            acc[4] = x
                         acc[5] = x
-            for name, _vals, agg, col in aggs:
-                col[i] = _value(windows[first][name], agg)
-            if w is not None:  # forget windows that closed for good
-                horizon = max(watermark, t)
-                windows = {s: a for s, a in windows.items() if int(s) + w + lateness > horizon}
+            firsts = windows[first]
+            for f, agg, col in outputs:
+                col[i] = _value(firsts[f], agg)
+            if t > watermark:
+                watermark = marks[p] = t
+            if w is not None and len(windows) > len(starts):  # forget windows that closed for good
+                windows = {s: a for s, a in windows.items() if int(s) + w + lateness > watermark}
             part.set(key, windows)
+        for p, mark in marks.items():
+            self.state.partition(p).set(_WM, mark)
         for name, col in out.items():
             batch.with_column(name, col)
         if late.any():

@@ -1,0 +1,100 @@
+"""Stateful features: windowed aggregates through Kafka, and restoring state from a changelog.
+
+1. A pipeline with three windowed aggregates (sum, count, mean over 10-minute tumbling
+   windows) over 10,000 keys drains a backlog: events/s, with changelog writes and commits.
+2. A changelog holding ``--entries`` keys is restored into a fresh store: seconds.
+
+    python bench/features_bench.py [--events 300000] [--entries 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import orjson
+from confluent_kafka import Producer
+
+from tidal.broker import EmbeddedBroker, TopicSpec, ensure_topics
+from tidal.broker.topics import COMPACTED
+from tidal.config import KafkaSettings
+from tidal.features import WindowAggregate
+from tidal.quality import Schema
+from tidal.stream import Pipeline, Worker
+from tidal.stream.state import StateStore, restore_partitions
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def fill(settings: KafkaSettings, topic: str, records, partition_of=None) -> None:
+    p = Producer(settings.client_config({"linger.ms": 20, "batch.size": 1_000_000, "compression.type": "lz4",
+                                         "log_level": 3}))
+    for key, value, *part in records:
+        while True:
+            try:
+                if part:
+                    p.produce(topic, value, key, part[0])
+                else:
+                    p.produce(topic, value, key)
+                break
+            except BufferError:
+                p.poll(0.05)
+    p.flush()
+
+
+def windows(settings: KafkaSettings, n: int) -> dict:
+    rng = np.random.default_rng(0)
+    keys = rng.integers(0, 10_000, n)
+    ts = np.sort(rng.integers(0, 3_600_000, n))
+    p = Pipeline("featbench", schema=Schema.from_dict({"k": "str", "x": "float", "t": "int"}), max_batch=5000,
+                 steps=[WindowAggregate("k", {"x_sum_10m": ("x", "sum"), "x_n_10m": ("x", "count"),
+                                              "x_mean_10m": ("x", "mean")}, window_s=600, time_field="t")])
+    ensure_topics(settings, p.topic_specs())
+    fill(settings, p.sources[0], ((b"k%d" % k, orjson.dumps({"k": f"k{k}", "x": float(x), "t": int(t)}))
+                                  for k, x, t in zip(keys.tolist(), rng.random(n).tolist(), ts.tolist())))
+    w = Worker(p, settings)
+    seen = {}
+
+    def on_batch(w: Worker, _b) -> None:
+        if w.stats.events_in >= n:
+            seen["state_entries"] = w.stores[0].size()
+            w.stop()
+
+    w.on_batch = on_batch
+    stats = w.run()
+    return {"events": n, "keys": 10_000, "events_per_s": stats.events_in / (stats.last_event_at - stats.first_event_at),
+            "state_entries": seen.get("state_entries")}
+
+
+def restore(settings: KafkaSettings, entries: int) -> dict:
+    topic = "featbench.restore.changelog"
+    ensure_topics(settings, [TopicSpec(topic, 1, COMPACTED)])
+    value = orjson.dumps({"o": 1, "v": {"0": {"x": [3, 1.5, 0.9, 0.2, 0.8, 0.5]}}})
+    fill(settings, topic, ((b"key-%d" % i, value, 0) for i in range(entries)))
+    store = StateStore("restore", topic)
+    t0 = time.perf_counter()
+    applied = restore_partitions(settings, store, {0: 10}, timeout=600)
+    return {"entries": entries, "applied": applied, "restore_s": time.perf_counter() - t0,
+            "entries_per_s": applied / (time.perf_counter() - t0)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=300_000)
+    ap.add_argument("--entries", type=int, default=1_000_000)
+    args = ap.parse_args()
+    with EmbeddedBroker() as broker:
+        settings = KafkaSettings(broker.bootstrap)
+        result = {"windows": windows(settings, args.events), "restore": restore(settings, args.entries)}
+    print(json.dumps(result, indent=2))
+    RESULTS.mkdir(exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    (RESULTS / f"{stamp}-features.json").write_text(json.dumps({"date": stamp, **result}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
