@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -108,6 +108,19 @@ class Pipeline:
         """Run every step over one decoded batch and add the source position."""
         out = run_steps(self.steps, batch, timer)
         return with_source(out) if len(out) and self.lineage else out
+
+    def replay(self, settings: Any, start: dict[int, int] | None = None,
+               end: dict[int, int] | None = None) -> "Iterator[Batch]":
+        """Run this pipeline's steps over a replay of its source topic, without producing anything.
+
+        Training features come from here: the same decoder and the same step code as the live
+        stream, so training and serving features cannot drift apart. Use a fresh pipeline
+        (fresh step state) for a replay.
+        """
+        from tidal.stream.replay import replay
+
+        for batch in replay(settings, self.sources[0], self.schema, start, end):
+            yield self.process(batch)
 
     def test(self, values: Sequence[bytes], topic: str | None = None) -> tuple[list[bytes], list[Reject]]:
         """Run the pipeline over raw message values in memory, no Kafka: (outputs, rejects)."""
