@@ -20,6 +20,7 @@ import orjson
 from confluent_kafka import Producer
 
 from tidal.broker import EmbeddedBroker, TopicSpec, ensure_topics
+from tidal.broker.produce import produce_all
 from tidal.broker.topics import COMPACTED
 from tidal.config import KafkaSettings
 from tidal.features import WindowAggregate
@@ -30,19 +31,10 @@ from tidal.stream.state import StateStore, restore_partitions
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def fill(settings: KafkaSettings, topic: str, records, partition_of=None) -> None:
+def fill(settings: KafkaSettings, topic: str, values, keys, partition=None) -> None:
     p = Producer(settings.client_config({"linger.ms": 20, "batch.size": 1_000_000, "compression.type": "lz4",
                                          "log_level": 3}))
-    for key, value, *part in records:
-        while True:
-            try:
-                if part:
-                    p.produce(topic, value, key, part[0])
-                else:
-                    p.produce(topic, value, key)
-                break
-            except BufferError:
-                p.poll(0.05)
+    produce_all(p, topic, values, keys, partition)
     p.flush()
 
 
@@ -54,8 +46,9 @@ def windows(settings: KafkaSettings, n: int) -> dict:
                  steps=[WindowAggregate("k", {"x_sum_10m": ("x", "sum"), "x_n_10m": ("x", "count"),
                                               "x_mean_10m": ("x", "mean")}, window_s=600, time_field="t")])
     ensure_topics(settings, p.topic_specs())
-    fill(settings, p.sources[0], ((b"k%d" % k, orjson.dumps({"k": f"k{k}", "x": float(x), "t": int(t)}))
-                                  for k, x, t in zip(keys.tolist(), rng.random(n).tolist(), ts.tolist())))
+    fill(settings, p.sources[0], [orjson.dumps({"k": f"k{k}", "x": float(x), "t": int(t)})
+                                  for k, x, t in zip(keys.tolist(), rng.random(n).tolist(), ts.tolist())],
+         [b"k%d" % k for k in keys.tolist()])
     w = Worker(p, settings)
     seen = {}
 
@@ -74,7 +67,7 @@ def restore(settings: KafkaSettings, entries: int) -> dict:
     topic = "featbench.restore.changelog"
     ensure_topics(settings, [TopicSpec(topic, 1, COMPACTED)])
     value = orjson.dumps({"o": 1, "v": {"0": {"x": [3, 1.5, 0.9, 0.2, 0.8, 0.5]}}})
-    fill(settings, topic, ((b"key-%d" % i, value, 0) for i in range(entries)))
+    fill(settings, topic, (value for _ in range(entries)), (b"key-%d" % i for i in range(entries)), 0)
     store = StateStore("restore", topic)
     t0 = time.perf_counter()
     applied = restore_partitions(settings, store, {0: 10}, timeout=600)

@@ -29,6 +29,7 @@ from rich.live import Live
 from rich.table import Table
 
 from tidal.broker.embedded import EmbeddedBroker, tidal_home
+from tidal.broker.produce import produce_all
 from tidal.broker.topics import PipelineTopics, ensure_topics
 from tidal.config import KafkaSettings
 from tidal.demos.fraud_data import CATEGORIES, FEATURES, SCHEMA, generate
@@ -92,17 +93,6 @@ class _Tracker:
 
     def close(self) -> None:
         self.consumer.close()
-
-
-def _produce(producer: Producer, topic: str, keys: list[bytes], values: list[bytes]) -> None:
-    for k, v in zip(keys, values):
-        while True:
-            try:
-                producer.produce(topic, v, k)
-                break
-            except BufferError:
-                producer.poll(0.05)
-    producer.poll(0)
 
 
 def train_model(settings: KafkaSettings, topics: PipelineTopics, history_end: dict[int, int],
@@ -182,10 +172,10 @@ def run_demo(settings: KafkaSettings | None = None, events: int = 300_000, worke
                                                     "enable.idempotence": True}))
         hist_producer = Producer(settings.client_config({"linger.ms": 20, "log_level": 3, "on_delivery": record,
                                                          "enable.idempotence": True}))
-        _produce(hist_producer, topics.events, gen.keys[:n_hist], gen.values[:n_hist])
+        produce_all(hist_producer, topics.events, gen.values[:n_hist], gen.keys[:n_hist])
         label_values = [b'{"event_id":"%s","label":%d}' % (e.encode(), y)
                         for e, y in zip(gen.event_ids[:n_hist], gen.labels[:n_hist].tolist())]
-        _produce(hist_producer, topics.labels, gen.keys[:n_hist], label_values)
+        produce_all(hist_producer, topics.labels, label_values, gen.keys[:n_hist])
         hist_producer.flush()
         console.print(f"history: {n_hist:,} transactions and their labels produced to {topics.events}, {topics.labels}")
 
@@ -204,7 +194,7 @@ def run_demo(settings: KafkaSettings | None = None, events: int = 300_000, worke
             "batch": {"max_batch": 5000, "max_wait_ms": 20},
             "partitions": PARTITIONS}, sort_keys=False))
         _commit_start(settings, pipeline.group, topics.events, history_end)
-        _produce(producer, topics.events, gen.keys[n_hist:n_hist + n_backlog], gen.values[n_hist:n_hist + n_backlog])
+        produce_all(producer, topics.events, gen.values[n_hist:n_hist + n_backlog], gen.keys[n_hist:n_hist + n_backlog])
         producer.flush()
         console.print(f"backlog: {n_backlog:,} transactions waiting; starting {workers} worker(s): tidal run {spec}")
         tracker = _Tracker(settings, topics)
@@ -233,7 +223,7 @@ def run_demo(settings: KafkaSettings | None = None, events: int = 300_000, worke
                     due = min(n_paced, int((now - t_paced) * paced_rate) + 1)
                     if due > paced_sent:
                         lo, hi = paced_start + paced_sent, paced_start + due
-                        _produce(producer, topics.events, gen.keys[lo:hi], gen.values[lo:hi])
+                        produce_all(producer, topics.events, gen.values[lo:hi], gen.keys[lo:hi])
                         paced_sent = due
                 if now - last[0] >= 0.25:
                     rate = (tracker.accounted - last[1]) / (now - last[0])
