@@ -231,17 +231,16 @@ class Worker:
                 self.producer.poll(0)
                 if msgs:
                     msgs = self._drop_errors(msgs)
+                if msgs:
+                    self._last_input = time.monotonic()
+                    self._process(msgs)
+                if time.monotonic() - self._lag_at >= self.lag_interval_s:  # idle too: lag drains to 0
+                    self._update_lag()
                 if self.alerts.rules and time.monotonic() - self._alerts_at >= 1.0:
                     self._alerts_at = time.monotonic()
                     self.alerts.evaluate()
-                if not msgs:
-                    if idle_exit_s is not None and time.monotonic() - self._last_input > idle_exit_s:
-                        break
-                    continue
-                self._last_input = time.monotonic()
-                self._process(msgs)
-                if time.monotonic() - self._lag_at >= self.lag_interval_s:
-                    self._update_lag()
+                if not msgs and idle_exit_s is not None and time.monotonic() - self._last_input > idle_exit_s:
+                    break
         finally:
             self._shutdown()
         return self.stats

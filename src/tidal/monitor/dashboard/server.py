@@ -1,0 +1,221 @@
+"""``tidal dashboard``: a web page with live charts of the pipelines, served by Starlette on uvicorn.
+
+Two background threads feed it: one scrapes the workers' ``/metrics`` every ``interval`` seconds
+(:class:`~tidal.monitor.dashboard.collector.MetricsHistory`), one asks Kafka for the consumer
+groups, deployed models and active alerts every ``kafka_interval`` seconds
+(:class:`~tidal.monitor.dashboard.collector.KafkaWatcher`). The page (``static/``, with uPlot
+vendored: nothing is fetched from the internet) polls the JSON API and redraws itself.
+
+Routes: ``GET /`` (the page), ``GET /api/summary[?pipeline=NAME&window=SECONDS]`` (everything the
+page shows, as JSON), ``GET /healthz``, ``GET /metrics`` (the dashboard's own: targets up, Kafka
+reachable), ``/static/...``.
+
+.. code-block:: python
+
+    with Dashboard(["http://127.0.0.1:9400/metrics"], settings, port=0).start() as d:
+        print(d.url)  # open it in a browser
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from tidal.monitor.dashboard.collector import KafkaWatcher, MetricsHistory
+
+__all__ = ["Dashboard", "create_app", "STATIC"]
+
+log = logging.getLogger("tidal.dashboard")
+
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+class _OwnMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.up = Gauge("tidal_dashboard_target_up", "1 if the last scrape of this worker succeeded.", ["target"],
+                        registry=self.registry)
+        self.scrapes = Counter("tidal_dashboard_scrapes", "Scrapes of worker /metrics endpoints.",
+                               ["target", "result"], registry=self.registry)
+        self.kafka = Gauge("tidal_dashboard_kafka_reachable", "1 if the last cluster status succeeded.",
+                           registry=self.registry)
+
+
+class Dashboard:
+    """Scrape ``targets`` and watch the cluster of ``settings`` (None: no Kafka); serve the page."""
+
+    def __init__(self, targets: list[str], settings: Any = None, *, host: str = "127.0.0.1", port: int = 8080,
+                 interval: float = 1.0, history_s: float = 600.0, kafka_interval: float = 5.0,
+                 log_level: str = "warning") -> None:
+        self.host, self.port = host, port
+        self.interval = interval
+        self.kafka_interval = kafka_interval
+        self.history = MetricsHistory(targets, history_s=history_s, rate_window_s=max(5.0, 3 * interval))
+        self.kafka = KafkaWatcher(settings, timeout=max(2.0, min(10.0, kafka_interval)))
+        self.own = _OwnMetrics()
+        self.started_at = time.time()
+        self.log_level = log_level
+        self.app = create_app(self)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._server: uvicorn.Server | None = None
+        self._socket: socket.socket | None = None
+        self._serve_thread: threading.Thread | None = None
+
+    # -- data ------------------------------------------------------------------------------
+    def scrape_once(self) -> None:
+        self.history.scrape()
+        for t in self.history.targets:
+            self.own.up.labels(t.url).set(1 if t.up else 0)
+            self.own.scrapes.labels(t.url, "ok" if t.up else "error").inc()
+
+    def _scrape_loop(self) -> None:
+        while not self._stop.is_set():
+            t0 = time.monotonic()
+            try:
+                self.scrape_once()
+            except Exception:  # noqa: BLE001 - keep the page alive whatever one scrape did
+                log.exception("scrape failed")
+            self._stop.wait(max(0.05, self.interval - (time.monotonic() - t0)))
+
+    def _kafka_loop(self) -> None:
+        while not self._stop.is_set():
+            t0 = time.monotonic()
+            self.kafka.poll()
+            self.own.kafka.set(1 if self.kafka.view()["reachable"] else 0)
+            self._stop.wait(max(0.1, self.kafka_interval - (time.monotonic() - t0)))
+
+    def summary(self, pipeline: str | None = None, window_s: float | None = None) -> dict[str, Any]:
+        s = self.history.summary(pipeline, window_s)
+        chosen = [pipeline] if pipeline else s["pipelines"]
+        s["kafka"] = self.kafka.view(chosen, s["groups"], pipeline)
+        s["now"] = time.time()
+        s["interval_s"] = self.interval
+        s["history_s"] = self.history.history_s
+        return s
+
+    # -- serving ---------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def bind(self) -> socket.socket:
+        """Bind the listening socket now (``port=0`` picks a free one; :attr:`url` names it)."""
+        if self._socket is None:
+            sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self.port))
+            self.port = sock.getsockname()[1]
+            self._socket = sock
+            config = uvicorn.Config(self.app, log_level=self.log_level, access_log=False, lifespan="off",
+                                    timeout_graceful_shutdown=2)
+            self._server = uvicorn.Server(config)
+        return self._socket
+
+    def _start_feeds(self) -> None:
+        self._stop.clear()
+        self._threads = [threading.Thread(target=self._scrape_loop, name="tidal-dashboard-scrape", daemon=True),
+                         threading.Thread(target=self._kafka_loop, name="tidal-dashboard-kafka", daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def start(self, timeout: float = 10.0) -> "Dashboard":
+        """Serve from background threads; returns once the server accepts connections."""
+        sock = self.bind()
+        assert self._server is not None
+        self._start_feeds()
+        self._serve_thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
+                                              name="tidal-dashboard", daemon=True)
+        self._serve_thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._serve_thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"dashboard on {self.url} did not start")
+            time.sleep(0.01)
+        return self
+
+    def run(self) -> None:
+        """Serve in the foreground until SIGINT / SIGTERM."""
+        sock = self.bind()
+        assert self._server is not None
+        if threading.current_thread() is threading.main_thread():
+            # uvicorn handles SIGINT/SIGTERM, then raises the signal again once it has shut down:
+            # with these no-op handlers that ends in a clean exit 0 rather than death by signal
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: None)
+        self._start_feeds()
+        try:
+            self._server.run(sockets=[sock])
+        finally:
+            self._close()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._serve_thread is not None:
+            self._serve_thread.join(10)
+        self._close()
+
+    def _close(self) -> None:
+        self._stop.set()
+        self.history.close()
+        if self._socket is not None:
+            self._socket.close()
+
+    def __enter__(self) -> "Dashboard":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    # orjson writes NaN/Infinity as null, which JSON.parse accepts
+    return Response(orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS), status, media_type="application/json",
+                    headers={"Cache-Control": "no-store"})
+
+
+def create_app(dashboard: Dashboard) -> Starlette:
+    """The Starlette app of ``dashboard``: the page, its JSON API, health and own metrics."""
+
+    def index(_request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    def summary(request: Request) -> Response:
+        pipeline = request.query_params.get("pipeline") or None
+        window = request.query_params.get("window")
+        try:
+            window_s = float(window) if window else None
+        except ValueError:
+            return _json({"error": f"window must be a number of seconds, got {window!r}"}, 400)
+        return _json(dashboard.summary(pipeline, window_s))
+
+    def healthz(_request: Request) -> Response:
+        return JSONResponse({"ok": True, "scrapes": dashboard.history.scrapes,
+                             "uptime_s": round(time.time() - dashboard.started_at, 1)})
+
+    def metrics(_request: Request) -> Response:
+        return Response(generate_latest(dashboard.own.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(routes=[
+        Route("/", index),
+        Route("/api/summary", summary),
+        Route("/healthz", healthz),
+        Route("/metrics", metrics),
+        Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
+    ])
