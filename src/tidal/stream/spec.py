@@ -93,6 +93,17 @@ def _window(args: Mapping[str, Any], base: Path) -> Step:
 STEP_TYPES["window"] = _window
 
 
+def _sql(args: Mapping[str, Any], base: Path) -> Step:
+    from tidal.features.sql import SqlStep
+
+    args = dict(args)
+    models = {k: str(v if Path(v).is_absolute() else base / v) for k, v in dict(args.pop("models", {}) or {}).items()}
+    return SqlStep(args.pop("query"), models=models, **args)
+
+
+STEP_TYPES["sql"] = _sql
+
+
 def _step(entry: Mapping[str, Any], base: Path) -> Step:
     entry = dict(entry)
     if "python" in entry:
