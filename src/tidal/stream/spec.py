@@ -82,6 +82,29 @@ def _remote(args: Mapping[str, Any], base: Path) -> Step:
 STEP_TYPES: dict[str, Callable[..., Step]] = {"score": _score, "deployed": _deployed, "remote": _remote}
 
 
+def _quality(kind: str) -> Callable[..., Step]:
+    """Data-quality steps (``tidal.quality``): ``- impute: {bytes: median}`` etc.; see its chain module."""
+
+    def make(args: Mapping[str, Any], base: Path) -> Step:
+        from tidal.quality.chain import QualityChain, _make
+
+        return QualityChain.from_dict(args) if kind == "quality" else _make(kind, args)
+
+    return make
+
+
+def _anomaly(args: Mapping[str, Any], base: Path) -> Step:
+    from tidal.quality.anomaly import AnomalyStep
+
+    args = dict(args)
+    return AnomalyStep(args.pop("features"), **args)
+
+
+STEP_TYPES.update({k: _quality(k) for k in ("quality", "validate", "normalize", "impute", "outliers", "integrity",
+                                            "profile")})
+STEP_TYPES["anomaly"] = _anomaly
+
+
 def _window(args: Mapping[str, Any], base: Path) -> Step:
     from tidal.features.windows import WindowAggregate
 
@@ -102,6 +125,16 @@ def _sql(args: Mapping[str, Any], base: Path) -> Step:
 
 
 STEP_TYPES["sql"] = _sql
+
+
+def _enrich(args: Mapping[str, Any], base: Path) -> Step:
+    from tidal.features.enrich import TableJoin
+
+    args = dict(args)
+    return TableJoin(args.pop("table"), args.pop("key"), args.pop("fields"), **args)
+
+
+STEP_TYPES["enrich"] = _enrich
 
 
 def _step(entry: Mapping[str, Any], base: Path) -> Step:
