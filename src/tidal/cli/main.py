@@ -10,7 +10,9 @@ from typing import Optional
 
 import typer
 
+from tidal.cli.dashboard import dashboard
 from tidal.cli.models import models_app
+from tidal.cli.quality import demo_network, quality_app
 from tidal.cli.serve import serve_app
 from tidal.config import BrokerUnreachable, KafkaSettings
 
@@ -24,6 +26,9 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(demo_app, name="demo")
 app.add_typer(models_app, name="models")
 app.add_typer(serve_app)  # `tidal serve`, `tidal convert`
+app.add_typer(quality_app, name="quality")
+demo_app.command("network")(demo_network)
+app.command("dashboard")(dashboard)
 
 BootstrapOpt = typer.Option(None, "--bootstrap", "-b", envvar="TIDAL_BOOTSTRAP_SERVERS",
                             help="Kafka bootstrap servers (default: the running embedded broker).")
@@ -247,6 +252,25 @@ def trace_cmd(event_id: str, pipeline: str = typer.Option(..., "--pipeline", "-p
         if t.get("duplicates"):
             console.print(f"[yellow]{t['duplicates']} duplicate output(s)[/] (at-least-once redelivery)")
     raise typer.Exit(0 if t["found"] else 1)
+
+
+@demo_app.command("churn")
+def demo_churn(users: int = typer.Option(2000, help="Users in the clickstream."),
+               as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on the last line."),
+               seed: int = typer.Option(11, help="Random seed of the generator."),
+               bootstrap: Optional[str] = typer.Option(None, "--bootstrap", "-b", envvar="TIDAL_BOOTSTRAP_SERVERS",
+                                                       help="Use this cluster instead of a fresh embedded broker."),
+               kafka_config: Optional[str] = KafkaConfigOpt) -> None:
+    """Churn: windowed per-user features, trained on a replay, served live; ROC-AUC vs truth."""
+    from tidal.demos.churn import run_demo
+
+    settings = settings_or_exit(bootstrap, kafka_config) if bootstrap else None
+    summary = run_demo(settings, users=users, seed=seed, quiet=as_json)
+    if as_json:
+        import json
+
+        sys.stdout.write(json.dumps(summary) + "\n")
+    raise typer.Exit(0 if summary["predictions"] + summary["dlq"] == summary["events"] else 1)
 
 
 @demo_app.command("fraud")
