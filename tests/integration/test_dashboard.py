@@ -104,7 +104,8 @@ def test_dashboard_page_shows_the_running_pipeline(settings, name, toy_model, tm
             s = get_json(f"{url}/api/summary")
             k = s["kafka"]
             return (s["totals"]["in"] == total and k["reachable"] and any(m["model"] == model for m in k["models"])
-                    and any(a["rule"] == rule.name for a in k["alerts"])) and s
+                    and any(a["rule"] == rule.name for a in k["alerts"])
+                    and any(g["group"] == p.group for g in k["groups"])) and s
         summary = wait_until(api_ready, 30, f"{total} events, the deployment and the alert in /api/summary")
         assert summary["pipelines"] == [name]
         assert summary["dlq"] == {"invalid_json": 1, "missing_field": 1, "wrong_type": 1}
