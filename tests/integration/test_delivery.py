@@ -36,7 +36,7 @@ def write_spec(tmp_path: Path, name: str, **extra) -> Path:
 
 def start(settings, spec: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(HERE.parent), "TIDAL_BOOTSTRAP_SERVERS": settings.bootstrap}
-    return subprocess.Popen([sys.executable, "-m", "tidal", "run", str(spec), "--log-level", "WARNING", *args],
+    return subprocess.Popen([sys.executable, "-m", "tidal", "run", str(spec), "--log-level", os.environ.get("TIDAL_TEST_LOG_LEVEL", "WARNING"), *args],
                             env=env)
 
 

@@ -112,6 +112,7 @@ class Worker:
             "partition.assignment.strategy": "cooperative-sticky",
             "session.timeout.ms": 10000,
             "heartbeat.interval.ms": 1000,
+            "max.poll.interval.ms": 30000,
             "fetch.wait.max.ms": max(1, min(100, p.max_wait_ms)),
             "queued.min.messages": max(100000, 2 * p.max_batch),
             "client.id": f"tidal-{p.name}-{self.worker_id}",
@@ -175,6 +176,7 @@ class Worker:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.stats.rebalances += 1
         self.metrics.rebalances.inc()
+        self._last_input = time.monotonic()  # a rebalance is under way: not idle, wait for it
         tps = [(tp.topic, tp.partition) for tp in partitions]
         for t, q in tps:
             self.metrics.forget_partition(t, q)
