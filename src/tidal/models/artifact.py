@@ -24,7 +24,7 @@ __all__ = ["ModelCard", "LoadedModel", "save_model", "load_model", "feature_matr
            "ArtifactError", "FLAVORS"]
 
 CARD = "tidal-model.json"
-FLAVORS = ("lightgbm", "sklearn", "river")
+FLAVORS = ("lightgbm", "sklearn", "river", "onnx")
 
 
 class ArtifactError(RuntimeError):
@@ -104,6 +104,9 @@ def save_model(model: Any, folder: str | Path, name: str, version: str | int, fe
         booster = getattr(model, "booster_", model)
         path = folder / "model.txt"
         booster.save_model(str(path))
+    elif flavor == "onnx":  # a serialized ONNX graph (bytes) or an onnx.ModelProto
+        path = folder / "model.onnx"
+        path.write_bytes(model if isinstance(model, bytes) else model.SerializeToString())
     else:
         import joblib
 
@@ -149,6 +152,8 @@ class LoadedModel:
             if self.card.task == "binary" and hasattr(model, "predict_proba"):
                 return model.predict_proba(X)[:, 1]
             return np.asarray(model.predict(X), dtype=np.float64)
+        if flavor == "onnx":
+            return model.predict(X)
         return self._predict_river(X)
 
     def _predict_river(self, X: np.ndarray) -> np.ndarray:
@@ -197,6 +202,10 @@ def load_model(folder: str | Path) -> LoadedModel:
         import joblib
 
         model = joblib.load(path)
+    elif card.flavor == "onnx":
+        from tidal.serve.onnx import OnnxModel
+
+        model = OnnxModel(path, card.task)
     else:
         raise ArtifactError(f"{folder}: unknown flavor {card.flavor!r}")
     return LoadedModel(card, model)

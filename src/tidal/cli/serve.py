@@ -1,0 +1,148 @@
+"""``tidal serve`` (the model server) and ``tidal convert`` (a model folder to ONNX)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+__all__ = ["serve_app"]
+
+serve_app = typer.Typer()
+
+RegistryOpt = typer.Option(None, "--registry", envvar="TIDAL_REGISTRY",
+                           help="Registry folder for models:/ references (default: $TIDAL_HOME/registry).")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@serve_app.command("serve")
+def serve(models: Optional[List[str]] = typer.Argument(None, help="Model folders or registry references "
+                                                                  "(models:/fraud@champion, fraud/3)."),
+          follow: List[str] = typer.Option([], "--follow", "-f", help="Serve this model as its deployments on "
+                                           "tidal.models say: hot-swap, canary by X-Tidal-Key (repeatable)."),
+          host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 for every interface)."),
+          port: int = typer.Option(8000, help="Port (0: a free one)."),
+          max_batch_size: int = typer.Option(0, help="Adaptive batching: most rows per model call (0/1: off)."),
+          max_batch_time: float = typer.Option(0.0, help="Adaptive batching: longest wait in seconds (0: off)."),
+          max_body_bytes: int = typer.Option(16 * 1024 * 1024, help="Largest request body (413 above)."),
+          max_rows: int = typer.Option(100_000, help="Most rows in one request (413 above)."),
+          token: Optional[str] = typer.Option(None, envvar="TIDAL_SERVE_TOKEN", show_default=False,
+                                              help="Require 'Authorization: Bearer TOKEN' (health routes stay open)."),
+          workers: Optional[int] = typer.Option(None, help="Threads running model calls (default: min(4, CPUs))."),
+          model_threads: Optional[int] = typer.Option(None, help="OpenMP threads inside one model call (LightGBM); "
+                                                       "default 1 unless OMP_NUM_THREADS is set: requests run in "
+                                                       "parallel on --workers instead, without oversubscription."),
+          wait: float = typer.Option(30.0, help="Seconds to wait for followed models' first deployment."),
+          registry: Optional[Path] = RegistryOpt,
+          log_level: str = typer.Option("INFO", help="Logging level."),
+          bootstrap: Optional[str] = typer.Option(None, "--bootstrap", "-b", envvar="TIDAL_BOOTSTRAP_SERVERS",
+                                                  help="Kafka bootstrap servers, for --follow."),
+          kafka_config: Optional[str] = typer.Option(None, "--kafka-config", envvar="TIDAL_KAFKA_CONFIG",
+                                                     help="librdkafka .properties file, for --follow.")) -> None:
+    """Serve models over the Open Inference Protocol v2 (HTTP) until Ctrl-C / SIGTERM."""
+    from tidal.models import ArtifactError
+    from tidal.serve.repository import ModelRepository
+    from tidal.serve.server import ModelServer
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if model_threads is not None or "OMP_NUM_THREADS" not in os.environ:  # read when LightGBM first loads
+        os.environ["OMP_NUM_THREADS"] = str(model_threads or 1)
+    if not models and not follow:
+        _fail("name at least one model folder or registry reference, or --follow NAME")
+    repo = ModelRepository()
+    try:
+        for ref in models or []:
+            if Path(ref).is_dir():
+                model = repo.add_folder(ref)
+            else:
+                from tidal.registry import Registry, RegistryError
+
+                try:
+                    model = repo.add_ref(ref, Registry(registry))
+                except RegistryError as exc:
+                    _fail(f"{ref}: not a model folder, and the registry says: {exc}")
+            typer.echo(f"model {model.name} v{model.version} ({model.card.flavor}) from {ref}")
+    except (ArtifactError, ValueError) as exc:
+        _fail(str(exc))
+    if follow:
+        from tidal.cli.main import settings_or_exit
+        from tidal.models.follower import DeploymentFollower
+
+        settings = settings_or_exit(bootstrap, kafka_config)
+        for name in follow:
+            follower = repo.follow(DeploymentFollower(settings, name).start())
+            try:
+                r = follower.wait_ready(wait)
+                typer.echo(f"model {name}: {r.deployment.mode} v{r.primary.version} (following tidal.models)")
+            except TimeoutError as exc:
+                typer.echo(f"warning: {exc}; serving anyway (not ready until a deployment arrives)", err=True)
+    server = ModelServer(repo, host=host, port=port, max_batch_size=max_batch_size, max_batch_time=max_batch_time,
+                         max_body_bytes=max_body_bytes, max_rows=max_rows, token=token, workers=workers)
+    batching = (f"adaptive batching up to {max_batch_size} rows / {max_batch_time * 1000:g} ms"
+                if server.plane.batcher_enabled else "no adaptive batching")
+    server.bind()
+    typer.echo(f"serving on {server.url} ({batching}); Ctrl-C stops", err=True)
+    server.run()
+
+
+@serve_app.command("convert")
+def convert_cmd(source: str = typer.Argument(..., help="Model folder or registry reference to convert."),
+                out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the ONNX model "
+                                                   "(default with --register: a temporary one)."),
+                register: Optional[bool] = typer.Option(None, "--register/--no-register",
+                                                        help="Register the ONNX version (default: when SOURCE is "
+                                                             "a registry reference)."),
+                sample: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
+                                                      help="Sample data for the parity check: CSV with a header "
+                                                           "naming the features, or .npy (rows × features)."),
+                atol: float = typer.Option(1e-4, help="Parity: absolute tolerance per score."),
+                rtol: float = typer.Option(1e-3, help="Parity: relative tolerance per score."),
+                quantize: Optional[bool] = typer.Option(None, "--quantize/--no-quantize",
+                                                        help="int8 dynamic quantisation (default: tried for "
+                                                             "neural networks, kept within --quantize-atol)."),
+                quantize_atol: float = typer.Option(0.05, help="Largest score change int8 may cause."),
+                version: Optional[str] = typer.Option(None, help="Version on the card (default: SOURCE's + '-onnx')."),
+                registry: Optional[Path] = RegistryOpt) -> None:
+    """Convert a scikit-learn or LightGBM model to ONNX, check parity on sample data, save (and register) it."""
+    import tempfile
+
+    from tidal.models import ArtifactError
+    from tidal.serve.onnx import convert, read_sample
+
+    reg = None
+    folder = Path(source)
+    is_ref = not folder.is_dir()
+    if is_ref or register:
+        from tidal.registry import Registry, RegistryError
+
+        reg = Registry(registry)
+        if is_ref:
+            try:
+                folder = reg.resolve(source).path
+            except RegistryError as exc:
+                _fail(f"{source}: not a model folder, and the registry says: {exc}")
+    register = is_ref if register is None else register
+    if out is None and not register:
+        _fail("--out FOLDER is required unless the ONNX version is registered")
+    target = out or Path(tempfile.mkdtemp(prefix="tidal-onnx-")) / "model"
+    try:
+        data = read_sample(sample, folder) if sample else None
+        report = convert(folder, target, sample=data, atol=atol, rtol=rtol, quantize=quantize,
+                         quantize_atol=quantize_atol, version=version)
+    except ArtifactError as exc:  # ConversionError included: parity failures exit 1 with the numbers
+        _fail(str(exc), 1)
+    typer.echo(f"converted {source} → {report.folder}: parity on {report.rows} rows, max |diff| "
+               f"{report.max_abs_diff:.3g} (atol {atol}, rtol {rtol})")
+    if report.quantize_note:
+        typer.echo(report.quantize_note)
+    if register:
+        assert reg is not None
+        mv = reg.register(report.card.name, folder=report.folder)
+        typer.echo(f"registered {mv.uri} (flavor onnx)")
