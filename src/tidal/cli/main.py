@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from tidal.cli.dashboard import dashboard
+from tidal.cli.learn import register as register_learn
 from tidal.cli.models import models_app
 from tidal.cli.quality import demo_network, quality_app
 from tidal.cli.serve import serve_app
@@ -29,6 +30,7 @@ app.add_typer(serve_app)  # `tidal serve`, `tidal convert`
 app.add_typer(quality_app, name="quality")
 demo_app.command("network")(demo_network)
 app.command("dashboard")(dashboard)
+register_learn(app, demo_app)  # `tidal train`, `tidal learn`, `tidal demo maintenance|sentiment`
 
 BootstrapOpt = typer.Option(None, "--bootstrap", "-b", envvar="TIDAL_BOOTSTRAP_SERVERS",
                             help="Kafka bootstrap servers (default: the running embedded broker).")
