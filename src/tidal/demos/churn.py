@@ -24,6 +24,7 @@ from rich.console import Console
 
 from tidal.broker.embedded import EmbeddedBroker, tidal_home
 from tidal.broker.produce import produce_all
+from tidal.broker.read import read_topic
 from tidal.broker.topics import ensure_topics
 from tidal.config import KafkaSettings
 from tidal.features import WindowAggregate
@@ -123,8 +124,6 @@ def run_demo(settings: KafkaSettings | None = None, users: int = 3000, seed: int
         worker.on_batch = lambda w, _b: w.stop() if w.stats.events_in >= total else None
         worker.run()  # replays the history to rebuild the windows, then scores everything
         scores: dict[str, float] = {}
-        from tidal.monitor.status import read_topic
-
         for m in read_topic(settings, live.sink, 30):
             r = orjson.loads(m.value())
             if r["ts"] >= 40 * DAY:

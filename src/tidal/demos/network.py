@@ -35,6 +35,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tidal.broker.embedded import EmbeddedBroker, tidal_home
+from tidal.broker.produce import produce_all
 from tidal.broker.topics import PipelineTopics, ensure_topics
 from tidal.config import KafkaSettings
 from tidal.demos.network_data import COMMON_PORTS, KINDS, SCHEMA, generate
@@ -93,13 +94,7 @@ def _produce(settings: KafkaSettings, topic: str, keys: list[bytes], values: lis
     if on_delivery is not None:
         conf["on_delivery"] = on_delivery
     p = Producer(settings.client_config(conf))
-    for k, v in zip(keys, values):
-        while True:
-            try:
-                p.produce(topic, v, k)
-                break
-            except BufferError:
-                p.poll(0.05)
+    produce_all(p, topic, values, keys)
     p.flush(60)
 
 

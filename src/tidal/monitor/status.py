@@ -15,9 +15,10 @@ from confluent_kafka import OFFSET_END, Consumer, ConsumerGroupTopicPartitions, 
 from confluent_kafka.admin import AdminClient
 
 from tidal.broker.topics import ALERTS_TOPIC, MODELS_TOPIC
+from tidal.broker.read import read_topic
 from tidal.config import KafkaSettings
 
-__all__ = ["end_offsets", "cluster_status", "read_topic"]
+__all__ = ["end_offsets", "cluster_status"]
 
 
 def end_offsets(settings: KafkaSettings, tps: list[TopicPartition], timeout: float = 10.0) -> dict[tuple[str, int], int]:
@@ -40,29 +41,6 @@ def end_offsets(settings: KafkaSettings, tps: list[TopicPartition], timeout: flo
             if high < 0:
                 _low, high = c.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=timeout)
             out[(tp.topic, tp.partition)] = high
-        return out
-    finally:
-        c.close()
-
-
-def read_topic(settings: KafkaSettings, topic: str, timeout: float = 5.0) -> list[Any]:
-    """Every message of a (small, control) topic, read to each partition's end."""
-    c = Consumer(settings.client_config({"group.id": "tidal.status", "enable.auto.commit": False,
-                                         "enable.partition.eof": True, "log_level": 3}))
-    try:
-        md = c.list_topics(topic, timeout=timeout).topics.get(topic)
-        if md is None or md.error is not None:
-            return []
-        c.assign([TopicPartition(topic, p, 0) for p in md.partitions])
-        open_parts, out = set(md.partitions), []
-        deadline = time.monotonic() + timeout
-        while open_parts and time.monotonic() < deadline:
-            for m in c.consume(1000, 0.2):
-                if m.error():
-                    if m.error().code() == KafkaError._PARTITION_EOF:
-                        open_parts.discard(m.partition())
-                    continue
-                out.append(m)
         return out
     finally:
         c.close()

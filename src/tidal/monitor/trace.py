@@ -15,7 +15,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from tidal.broker.topics import PipelineTopics
 from tidal.config import KafkaSettings
-from tidal.monitor.status import read_topic
+from tidal.broker.read import read_topic
 
 __all__ = ["trace"]
 

@@ -23,29 +23,12 @@ __all__ = ["latest_report", "combine", "print_report", "write_html", "write_png"
 
 def latest_report(settings: Any, pipeline: str, timeout: float = 10.0) -> dict[str, Any] | None:
     """Read ``<pipeline>.quality`` to its end; the combined latest profile (None if there is none)."""
-    from confluent_kafka import Consumer, KafkaError, TopicPartition
+    from tidal.broker.read import read_topic
 
-    topic = f"{pipeline}.quality"
-    c = Consumer(settings.client_config({"group.id": "tidal.quality.report", "enable.auto.commit": False,
-                                         "enable.partition.eof": True, "log_level": 3}))
     latest: dict[str, dict] = {}
-    try:
-        meta = c.list_topics(topic, timeout=timeout).topics.get(topic)
-        if meta is None or meta.error is not None:
-            return None
-        parts = sorted(meta.partitions)
-        c.assign([TopicPartition(topic, p, 0) for p in parts])
-        open_parts, deadline = set(parts), time.monotonic() + timeout
-        while open_parts and time.monotonic() < deadline:
-            for m in c.consume(1000, 0.2):
-                if m.error():
-                    if m.error().code() == KafkaError._PARTITION_EOF:
-                        open_parts.discard(m.partition())
-                    continue
-                rec = orjson.loads(m.value())
-                latest[rec.get("worker", "")] = rec
-    finally:
-        c.close()
+    for m in read_topic(settings, f"{pipeline}.quality", timeout):
+        rec = orjson.loads(m.value())
+        latest[rec.get("worker", "")] = rec
     return combine(list(latest.values())) if latest else None
 
 
