@@ -34,10 +34,26 @@ def write_spec(tmp_path: Path, name: str, **extra) -> Path:
     return path
 
 
+_started: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def no_stray_workers():
+    """A failed test must not leave its worker processes running."""
+    yield
+    while _started:
+        proc = _started.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
 def start(settings, spec: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(HERE.parent), "TIDAL_BOOTSTRAP_SERVERS": settings.bootstrap}
-    return subprocess.Popen([sys.executable, "-m", "tidal", "run", str(spec), "--log-level", os.environ.get("TIDAL_TEST_LOG_LEVEL", "WARNING"), *args],
-                            env=env)
+    level = os.environ.get("TIDAL_TEST_LOG_LEVEL", "WARNING")
+    proc = subprocess.Popen([sys.executable, "-m", "tidal", "run", str(spec), "--log-level", level, *args], env=env)
+    _started.append(proc)
+    return proc
 
 
 def setup(settings, tmp_path, name, n, **extra) -> Path:
