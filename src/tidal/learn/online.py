@@ -233,6 +233,7 @@ class OnlineLearnStep(Step):
         self._report(force=True)
         if self._producer is not None:
             self._producer.flush(10)
+            self._producer = None
 
     # -- learning ----------------------------------------------------------------------------
     def process(self, batch: Batch) -> Batch:

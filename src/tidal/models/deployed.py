@@ -92,6 +92,7 @@ class DeployedScoreStep(Step):
             self.follower.stop()
         if self._producer is not None:
             self._producer.flush(10)
+            self._producer = None
 
     def process(self, batch: Batch) -> Batch:
         if self.follower is None:

@@ -85,6 +85,7 @@ class ModelQualityStep(Step):
         if self._producer is not None:
             self._publish()
             self._producer.flush(10)
+            self._producer = None
 
     def process(self, batch: Batch) -> Batch:
         names = CLASSIFICATION if self.task == "binary" else REGRESSION

@@ -450,4 +450,8 @@ class Worker:
                 self.consumer.close()
             for step in self.pipeline.steps:
                 step.close()
+            # Drop the clients now: the producer holds a bound method of this worker, a cycle the
+            # cyclic GC would otherwise find only later (their threads would outlive the worker).
+            self.producer = self._alert_producer = None
+            gc.unfreeze()
 
