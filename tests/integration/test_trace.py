@@ -58,3 +58,20 @@ def test_trace_shows_the_whole_path(settings, name, toy_model):
 
     code, missing = tidal_trace(settings, name, "nope")
     assert code == 1 and not missing["found"]
+
+
+def test_trace_a_fraud_demo_event(settings, tmp_path):
+    import os
+
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("TIDAL_")}, "TIDAL_HOME": str(tmp_path)}
+    demo = subprocess.run([sys.executable, "-m", "tidal", "demo", "fraud", "--events", "20000", "--json",
+                           "--bootstrap", settings.bootstrap], env=env, capture_output=True, text=True, timeout=180)
+    assert demo.returncode == 0, demo.stderr[-2000:]
+    summary = json.loads(demo.stdout.strip().splitlines()[-1])
+    pipeline = summary["pipeline"]
+    event = f"tx-{summary['history_events'] + 5}"  # scored live, after the training history
+    code, path = tidal_trace(settings, pipeline, event)
+    assert code == 0 and path["found"]
+    assert path["input"]["record"]["event_id"] == event and "amount" in path["input"]["record"]
+    assert path["model"] == {"name": "fraud", "version": "1"}
+    assert {"score", "decision", "source_offset"} <= set(path["added"])

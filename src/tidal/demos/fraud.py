@@ -241,7 +241,7 @@ def run_demo(settings: KafkaSettings | None = None, events: int = 300_000, worke
 
     summary = _summarise(gen, tracker, n_hist, n_backlog, live_total, card, codes, stats,
                          startup_s=(t_first or time.monotonic()) - t_workers, workers=workers,
-                         bootstrap=settings.bootstrap, model_dir=model_dir, paced_rate=paced_rate,
+                         bootstrap=settings.bootstrap, model_dir=model_dir, paced_rate=paced_rate, pipeline=name,
                          duration_s=time.monotonic() - t_begin)
     _print(console, summary)
     return summary
