@@ -190,7 +190,7 @@ def run_demo(settings: KafkaSettings | None = None, events: int = 300_000, worke
         spec = work / "pipeline.yaml"
         spec.write_text(yaml.safe_dump({
             "pipeline": name, "schema": {f.name: f.type for f in SCHEMA.fields},
-            "steps": [{"score": {"model": str(model_dir)}}, {"explain": {"sample": 0.01, "k": 3}}],
+            "steps": [{"score": {"model": str(model_dir)}}, {"explain": {"sample": 0.001, "k": 3}}],
             "batch": {"max_batch": 5000, "max_wait_ms": 20},
             "partitions": PARTITIONS}, sort_keys=False))
         _commit_start(settings, pipeline.group, topics.events, history_end)

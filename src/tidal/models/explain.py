@@ -4,8 +4,8 @@ Tree models (LightGBM) use TreeSHAP as LightGBM computes it (``pred_contrib=True
 Shapley values whose sum plus the bias equals the raw score (log-odds for binary models).
 Linear scikit-learn models use their exact contributions ``coef_i * x_i`` plus the intercept.
 
-:class:`ExplainStep` explains a sampled share of each batch (default 1%: explanations cost
-more than predictions) and writes the top-k contributions to the record as ``explanation``;
+:class:`ExplainStep` explains a sampled share of each batch (default 0.1%: TreeSHAP costs about
+0.3 ms per row for a 100-tree model, a hundred times a prediction) and writes the top-k contributions to the record as ``explanation``;
 it also keeps the mean absolute contribution per feature as a metric, so a shift in what
 drives decisions can be alerted on (``tidal_feature_contribution``).
 
@@ -66,7 +66,7 @@ class ExplainStep(Step):
 
     name = "explain"
 
-    def __init__(self, model: LoadedModel | Any, sample: float = 0.01, k: int = 3, seed: int = 0) -> None:
+    def __init__(self, model: LoadedModel | Any, sample: float = 0.001, k: int = 3, seed: int = 0) -> None:
         self.source = model
         self.sample = float(sample)
         self.k = int(k)
@@ -100,7 +100,7 @@ class ExplainStep(Step):
         explanations = np.full(n, None, dtype=object)
         if len(rows):
             model = self._model()
-            X = model.features_matrix(batch.column)[rows]
+            X = model.features_matrix(lambda f: batch.column(f)[rows])  # only the sampled rows
             contrib, _bias = contributions(model, X)
             explanations[rows] = top_k(contrib, model.card.features, self.k)
             if self._gauge is not None:

@@ -36,7 +36,8 @@ def column_fragments(values: np.ndarray | list[Any]) -> list[bytes]:
         # labels, names, versions: encode each string once (only str: 1, 1.0 and True hash alike)
         memo = {v: orjson.dumps(v, option=orjson.OPT_SERIALIZE_NUMPY) for v in distinct}
         return list(map(memo.__getitem__, items))
-    return [orjson.dumps(v, option=orjson.OPT_SERIALIZE_NUMPY) for v in items]
+    dumps, opt = orjson.dumps, orjson.OPT_SERIALIZE_NUMPY
+    return [b"null" if v is None else dumps(v, option=opt) for v in items]  # sparse columns: mostly None
 
 
 def encode_outputs(batch: Batch) -> list[bytes]:

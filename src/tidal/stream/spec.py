@@ -9,7 +9,7 @@
     steps:
       - score: {model: models/fraud-v1, threshold: 0.5}   # a fixed model folder (relative to this file)
       # or: - deployed: {model: fraud}                   # follow tidal.models: hot-swap, canary, shadow
-      - explain: {sample: 0.01, k: 3}                      # top-k contributions on 1% of rows
+      - explain: {sample: 0.001, k: 3}                     # top-k contributions on 0.1% of rows
       - window: {key: card_id, time_field: ts, window_s: 3600, aggs: {spend_1h: [amount, sum]}}
       - python: mypackage.steps:flag_large                 # a Step class or a batch -> batch function
         args: {limit: 1000}
@@ -148,7 +148,7 @@ def _step(entry: Mapping[str, Any], base: Path) -> Step:
 
 
 def _with_explain(steps: list[Step], entry: Mapping[str, Any]) -> Step:
-    """``explain: {sample: 0.01, k: 3}`` explains the rows of the model step before it."""
+    """``explain: {sample: 0.001, k: 3}`` explains the rows of the model step before it."""
     from tidal.models.explain import ExplainStep
 
     scorers = [s for s in steps if s.name == "score"]
