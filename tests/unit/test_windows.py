@@ -54,7 +54,7 @@ def test_window_matches_brute_force(window_s, hop_s, lateness_s, jitter):
     rows = events(jitter=jitter)
     step = WindowAggregate("k", AGGS, window_s=window_s, hop_s=hop_s, time_field="t", lateness_s=lateness_s,
                            late="drop")
-    step.state = StateStore("w")
+    step.state_store = StateStore("w")
     outs = []
     for i in range(0, len(rows), 97):  # several batches: state carries over
         b = step.process(Batch.from_rows(rows[i:i + 97]))
@@ -81,7 +81,7 @@ def test_window_matches_brute_force(window_s, hop_s, lateness_s, jitter):
 
 def test_late_events_go_to_the_dlq():
     step = WindowAggregate("k", {"n": ("x", "count")}, window_s=10, time_field="t")
-    step.state = StateStore("w")
+    step.state_store = StateStore("w")
     b = step.process(Batch.from_rows([{"k": "a", "x": 1.0, "t": 25_000}, {"k": "a", "x": 1.0, "t": 1_000},
                                       {"k": "a", "x": 1.0, "t": 26_000}]))
     assert b.columns["n"].tolist() == [1.0, 2.0]

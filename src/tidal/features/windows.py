@@ -21,7 +21,7 @@ counted either way. Aggregates: ``count``, ``sum``, ``mean``, ``std`` (populatio
 >>> from tidal.stream.state import StateStore
 >>> step = WindowAggregate("card", {"spend_1h": ("amount", "sum"), "n_1h": ("amount", "count")},
 ...                        window_s=3600, time_field="ts")
->>> step.state = StateStore("w")
+>>> step.state_store = StateStore("w")
 >>> rows = [{"card": "a", "amount": 5.0, "ts": 0}, {"card": "a", "amount": 7.0, "ts": 1000},
 ...         {"card": "b", "amount": 1.0, "ts": 2000}, {"card": "a", "amount": 2.0, "ts": 3_600_000}]
 >>> out = step.process(Batch.from_rows(rows))
@@ -83,7 +83,7 @@ class WindowAggregate(Step):
         self.hop_ms = None if hop_s is None else int(hop_s * 1000)
         self.time_field, self.lateness_ms, self.late = time_field, int(lateness_s * 1000), late
         self.name = self.state_name = name
-        self.state: StateStore | None = None  # given by the worker (changelog-backed)
+        self.state_store: StateStore | None = None  # given by the worker (changelog-backed)
         self.late_events = 0
         self._fields = sorted({f for f, _a in self.aggs.values()})
 
@@ -99,8 +99,8 @@ class WindowAggregate(Step):
         return [s for s in range(first, last + 1, h) if s <= t < s + w]
 
     def process(self, batch: Batch) -> Batch:
-        if self.state is None:
-            self.state = StateStore(self.name)  # in memory only: outside a worker (tests, replays)
+        if self.state_store is None:
+            self.state_store = StateStore(self.name)  # in memory only: outside a worker (tests, replays)
         n = len(batch)
         times = (batch.column(self.time_field).astype(np.int64) if self.time_field else batch.timestamps).tolist()
         keys = [str(k) for k in batch.column(self.key).tolist()]
@@ -111,7 +111,7 @@ class WindowAggregate(Step):
         w, lateness = self.window_ms, self.lateness_ms
         marks: dict[int, int] = {}  # watermark per partition, written back once per batch
         for i, (key, t, p) in enumerate(zip(keys, times, batch.partitions.tolist())):
-            part = self.state.partition(p)
+            part = self.state_store.partition(p)
             watermark = marks.get(p)
             if watermark is None:
                 watermark = marks[p] = part.get(_WM, -(1 << 62))
@@ -154,7 +154,7 @@ class WindowAggregate(Step):
                 windows = {s: a for s, a in windows.items() if int(s) + w + lateness > watermark}
             part.set(key, windows)
         for p, mark in marks.items():
-            self.state.partition(p).set(_WM, mark)
+            self.state_store.partition(p).set(_WM, mark)
         for name, col in out.items():
             batch.with_column(name, col)
         if late.any():

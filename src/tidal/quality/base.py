@@ -21,6 +21,7 @@ snapshots to the changelog before commits; until then state lives in memory.
 
 from __future__ import annotations
 
+import base64
 import io
 import operator
 import weakref
@@ -288,7 +289,44 @@ class QualityStep(Step):
         self.seen += len(qb)
         if self._metrics is not None:
             self._metrics.records.labels(self.pipeline, self.name).inc(len(qb))
-        return flush(self.apply(qb))
+        out = flush(self.apply(qb))
+        self._persist(batch)
+        return out
+
+    # -- durable statistics ---------------------------------------------------------------
+    #: In a worker, steps with per-partition statistics get a changelog-backed store here
+    #: (``state_name``); their snapshots are written through it at most every
+    #: ``snapshot_every_s`` and restored when Kafka assigns the partition again.
+    state_store: Any = None
+    snapshot_every_s: float = 5.0
+    _snapshot_at: float = 0.0
+
+    @property
+    def state_name(self) -> str | None:
+        return f"{self.name}-stats" if self.partitioned_parts() else None
+
+    def partitioned_parts(self) -> list["PartitionedStep"]:
+        """The parts whose statistics must survive restarts (itself, or a chain's parts)."""
+        return [self] if isinstance(self, PartitionedStep) else []
+
+    def _persist(self, batch: Batch) -> None:
+        import time
+
+        if self.state_store is None or time.monotonic() - self._snapshot_at < self.snapshot_every_s:
+            return
+        self._snapshot_at = time.monotonic()
+        for part in self.partitioned_parts():
+            for (topic, p) in list(part.states):
+                self.state_store.partition(p).set(part.name, base64.b64encode(part.snapshot((topic, p))).decode())
+
+    def _recover(self, partitions: list[tuple[str, int]]) -> None:
+        if self.state_store is None:
+            return
+        for part in self.partitioned_parts():
+            for topic, p in partitions:
+                data = self.state_store.partition(p).get(part.name)
+                if data is not None:
+                    part.restore((topic, p), base64.b64decode(data))
 
     def apply(self, batch: QualityBatch) -> QualityBatch:
         raise NotImplementedError
@@ -371,6 +409,7 @@ class PartitionedStep(QualityStep):
     def on_assign(self, partitions: list[tuple[str, int]]) -> None:
         for tp in partitions:
             self.state(tuple(tp))
+        self._recover([tuple(tp) for tp in partitions])
 
     def on_revoke(self, partitions: list[tuple[str, int]]) -> None:
         for tp in partitions:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from tidal.quality.base import QualityBatch, QualityStep
+from tidal.quality.base import PartitionedStep, QualityBatch, QualityStep
 from tidal.quality.impute import ImputeStep
 from tidal.quality.integrity import IntegrityStep
 from tidal.quality.normalize import NormalizeStep
@@ -97,6 +97,10 @@ class QualityChain(QualityStep):
     def on_assign(self, partitions: list[tuple[str, int]]) -> None:
         for s in self.steps:
             s.on_assign(partitions)
+        self._recover([tuple(tp) for tp in partitions])
+
+    def partitioned_parts(self) -> list[PartitionedStep]:
+        return [s for s in self.steps if isinstance(s, PartitionedStep)]
 
     def on_revoke(self, partitions: list[tuple[str, int]]) -> None:
         for s in self.steps:

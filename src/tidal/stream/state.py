@@ -1,6 +1,7 @@
 """Per-key state that survives restarts and rebalances: a store per partition, a changelog topic.
 
-A stateful step declares ``state_name``; the worker gives it a :class:`StateStore`. State is
+A stateful step declares ``state_name``; the worker gives it a :class:`StateStore` as
+``step.state_store``. State is
 partitioned like the input: the store for source partition *p* is backed by partition *p* of
 the compacted topic ``<pipeline>.<state_name>.changelog``.
 

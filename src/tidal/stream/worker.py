@@ -367,7 +367,7 @@ class Worker:
         for step in stateful:
             store = StateStore(step.state_name, f"{p.name}.{step.state_name}.changelog")
             ensure_topics(self.settings, [TopicSpec(store.changelog, n, COMPACTED)])
-            step.state = store
+            step.state_store = store
             stores.append(store)
         return stores
 
