@@ -14,9 +14,8 @@ step rejects still reaches the DLQ as it arrived.
 
 **Per-partition state** (see :class:`PartitionedStep`) lives in one state object per
 (topic, partition) with ``snapshot() -> bytes`` / ``restore(bytes)``, created and dropped by
-the ``on_assign`` / ``on_revoke`` hooks. The changelog-backed state store (issue 4) hooks in
-there: it restores a partition's snapshot when the partition is assigned and writes
-snapshots to the changelog before commits; until then state lives in memory.
+the ``on_assign`` / ``on_revoke`` hooks. In a worker, snapshots go through the changelog-backed
+store (``state_name``; at most every ``snapshot_every_s``) and are restored on assignment.
 """
 
 from __future__ import annotations
