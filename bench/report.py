@@ -1,0 +1,188 @@
+"""bench/README.md's results section, generated from one results file (no number typed by hand).
+
+    python bench/report.py [bench/results/<date>.json]    # default: the newest full-run file
+
+Rewrites the part of bench/README.md between the ``<!-- results:begin -->`` and
+``<!-- results:end -->`` markers and prints it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+README = BENCH / "README.md"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def _n(x, digits: int = 0) -> str:
+    if x is None:
+        return "—"
+    return f"{x:,.{digits}f}"
+
+
+def _pct(x) -> str:
+    return "—" if x is None else f"{x:.0%}"
+
+
+def _knobs(k: dict) -> str:
+    fetch = k.get("fetch_wait_ms", max(1, min(100, k["max_wait_ms"])))
+    return f"{k['max_batch']} / {k['max_wait_ms']} / {k['linger_ms']} / {fetch}"
+
+
+def render(doc: dict, path: Path) -> str:
+    res = doc["results"]
+    m = doc["machine"]
+    rel = path.relative_to(BENCH) if path.is_relative_to(BENCH) else path
+    out = [f"### Latest {doc['mode']} run: {doc['date']} (`{rel}`, `{doc.get('command', 'python bench/run.py')}`)", ""]
+    out.append(f"{m['cores']} cores ({m['cpu']}), {m['memory_gb']} GB, {m['platform']}, Python {m['python']}, "
+               f"librdkafka {m['librdkafka']}; {m['broker']}. Load average at start {m['load_average_at_start']}, "
+               f"at end {m.get('load_average_at_end')} (the machine is shared: other work ran alongside). "
+               f"{doc['events']:,} events; {doc['event_format']}; model: {doc['model']}. "
+               f"The whole suite took {doc['duration_s']:,.0f} s.")
+    out += ["", "#### Scoring throughput (steady state)", "",
+            "| system | events/s | tidal 1 worker ÷ this | start-up (s) | runs (events/s) |", "|---|---:|---:|---:|---|"]
+    for r in res:
+        if not r.get("scenario", "").startswith("throughput"):
+            continue
+        ratio = r.get("ratio_to_tidal")
+        inv = f"{1 / ratio:,.2f}×" if ratio else "—"
+        runs = ", ".join(f"{x:,}" for x in r.get("runs", [])) if r.get("runs") else ""
+        rate = _n(r.get("events_per_s")) if r.get("events_per_s") else (r.get("notes") or "—")
+        out.append(f"| {r['label']} | {rate} | {inv} | {_n(r.get('startup_s'), 1)} | {runs} |")
+    out += ["", "#### Floors from the issue", "", "| floor | measured | needed | met? |", "|---|---:|---:|---|"]
+    for f in doc.get("floors", []):
+        met = "n/a" if f["met"] is None else "**yes**" if f["met"] else "**no**"
+        out.append(f"| {f['floor']} | {_n(f['value'], 2)} | {f['need']} | {met} |")
+    lat = [r for r in res if r.get("scenario") == "latency" and r.get("knobs")]
+    if lat:
+        out += ["", "#### Latency: event produced → prediction consumed (tidal, 1 worker)", "",
+                "Knobs: max_batch / max_wait_ms / producer linger.ms / consumer fetch.wait.max.ms. "
+                "\"max\" offers events as fast as one Python producer can, so its latency includes the queue that builds up.",
+                "The worker columns come from its own Prometheus metrics over the phase: mean events per batch, "
+                "ms per batch (decode → delivered), and the share of the phase it spent inside batches.",
+                "", "| knobs | offered | achieved output events/s | p50 ms | p95 ms | p99 ms | p99 to prediction produced (ms) "
+                "| worker: mean batch | ms/batch | busy |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in lat:
+            offered = "max" if not r.get("offered_per_s") else f"{r['offered_per_s']:,}/s"
+            if not r.get("offered_per_s") and r.get("achieved_offered_per_s"):
+                offered += f" ({r['achieved_offered_per_s']:,.0f}/s)"
+            out.append(f"| {_knobs(r['knobs'])} | {offered} | {_n(r.get('events_per_s'))} | {_n(r.get('p50_ms'), 1)} | "
+                       f"{_n(r.get('p95_ms'), 1)} | {_n(r.get('p99_ms'), 1)} | {_n(r.get('produced_p99_ms'), 1)} | "
+                       f"{_n(r.get('worker_mean_batch'))} | {_n(r.get('worker_ms_per_batch'), 1)} | "
+                       f"{_pct(r.get('worker_busy_fraction'))} |")
+    t1 = next((r for r in res if r.get("system") == "tidal" and r.get("scenario") == "throughput" and r.get("workers") == 1), None)
+    t2 = next((r for r in res if r.get("system") == "tidal" and r.get("scenario") == "throughput" and r.get("workers") == 2), None)
+    mb = sorted([r for r in res if r.get("scenario") == "max_batch"], key=lambda r: r["max_batch"])
+    if mb or t1:
+        rows = [(r["max_batch"], r.get("events_per_s"), r.get("peak_rss_mb_per_worker")) for r in mb]
+        if t1:
+            rows.append((5000, t1.get("events_per_s"), t1.get("peak_rss_mb_per_worker")))
+        out += ["", "#### Scaling: events/s vs max_batch (tidal, 1 worker, max_wait_ms 50)", "",
+                "| max_batch | events/s | peak RSS (MB) |", "|---:|---:|---:|"]
+        for b, rate, rss in sorted(rows):
+            out.append(f"| {b:,} | {_n(rate)} | {_n(max(rss), 0) if rss else '—'} |")
+    if t1 or t2:
+        out += ["", "#### Scaling: 1 → 2 worker processes (`tidal run --workers 2`, one consumer group)", "",
+                "| workers | events/s (total) | events/s per worker (own counts) | events per worker | peak RSS per worker (MB) |",
+                "|---:|---:|---|---|---|"]
+        for r in (t1, t2):
+            if r:
+                out.append(f"| {r['workers']} | {_n(r.get('events_per_s'))} | "
+                           f"{', '.join(_n(x) for x in r.get('per_worker_events_per_s') or [])} | "
+                           f"{', '.join(_n(x) for x in r.get('per_worker_events') or [])} | "
+                           f"{', '.join(_n(x) for x in r.get('peak_rss_mb_per_worker') or [])} |")
+    rss = [r for r in res if r.get("scenario") == "rss_vs_keys"]
+    if rss or (t1 and t1.get("distinct_keys")):
+        rows = [(r["distinct_keys"], r.get("peak_rss_mb"), r.get("events_in"), r.get("events_per_s")) for r in rss]
+        if t1 and t1.get("distinct_keys"):
+            rows.append((t1["distinct_keys"], max(t1.get("peak_rss_mb_per_worker") or [0]) or None, t1.get("events_in"),
+                         t1.get("events_per_s")))
+        out += ["", "#### Memory per worker vs distinct keys (no state layer yet: RSS of a stateless scoring worker)", "",
+                "| distinct keys | events | peak RSS (MB) | events/s |", "|---:|---:|---:|---:|"]
+        for k, r_mb, ev, rate in sorted(rows):
+            out.append(f"| {k:,} | {_n(ev)} | {_n(r_mb, 1)} | {_n(rate)} |")
+    onl = [r for r in res if r.get("scenario") == "online"]
+    if onl:
+        out += ["", "#### ML cost: online learning (River, predict_proba_one + learn_one per event)", "",
+                "| system | events/s | start-up (s) |", "|---|---:|---:|"]
+        for r in onl:
+            out.append(f"| {r['label']} | {_n(r.get('events_per_s'))} | {_n(r.get('startup_s'), 1)} |")
+    out += _gathered(path.parent)
+    charts = [c for c in (path.with_name(f"{path.stem}-{k}.png") for k in ("throughput", "latency", "scaling", "online"))
+              if c.exists()]
+    if charts:
+        out += ["", "#### Charts", ""]
+        for c in charts:
+            out.append(f"![{c.stem}]({c.relative_to(BENCH) if c.is_relative_to(BENCH) else c})")
+    return "\n".join(out) + "\n"
+
+
+def _gathered(folder: Path) -> list[str]:
+    """Hot-swap and drift numbers from the other issues' benchmark scripts (their own results files)."""
+    out = ["", "#### ML cost: hot-swap and drift detection (gathered from the other benchmarks' results files)", ""]
+    swaps = sorted(folder.glob("20*-hotswap.json"))
+    if swaps:
+        h = json.loads(swaps[-1].read_text())
+        per = ", ".join(f"{x * 1000:,.0f}" for x in h.get("promotion_to_swap_s", []))
+        buckets = h.get("events_per_s_100ms_buckets_around_swap") or []
+        out.append(f"- **hot-swap** (`bench/hotswap_bench.py`, `{swaps[-1].relative_to(BENCH)}`): with "
+                   f"{h.get('offered_events_per_s', 0):,} events/s offered to two workers, promotion → swap took {per} ms "
+                   f"per worker, promotion → first output scored by the new version "
+                   f"{h.get('promotion_to_first_v2_output_s', 0) * 1000:,.0f} ms; output events/s in 100 ms buckets "
+                   f"around the swap stayed between {min(buckets):,} and {max(buckets):,}." if buckets else "")
+    else:
+        out.append("- **hot-swap**: pending: no hot-swap results file yet (`bench/hotswap_bench.py`).")
+    drifts = sorted(folder.glob("20*-drift*.json"))
+    if drifts:
+        d = json.loads(drifts[-1].read_text())
+        src = f"`bench/drift_bench.py`, `{drifts[-1].relative_to(BENCH)}`"
+        try:
+            concept = "; ".join(f"{r['stream']}: median {r['median_delay']:,.0f} events ({r['detected']}/{r['seeds']} seeds)"
+                                for r in d["tidal_default_concept_delay"])
+            alarms = max(r["false_alarms_per_100k"] for r in d["tidal_default_concept_false_alarms"])
+            data = "; ".join(f"{r['change']}: " + (f"median {r['median_dataset_delay_rows']:,.0f} rows"
+                                                    if r.get("median_dataset_delay_rows") is not None else "not detected")
+                             + f" ({r['dataset_detected']}/{r['seeds']} seeds)"
+                             for r in d.get("data_drift_change_point", []))
+            out.append(f"- **drift-detection delay** ({src}): tidal's default concept-drift detector, change at event "
+                       f"{d['change_at']:,}: {concept}; at most {alarms:g} false alarms per 100k events on stationary "
+                       f"streams. Data drift (dataset-level): {data}.")
+        except (KeyError, TypeError, ValueError):
+            out.append(f"- **drift-detection delay**: see {src} (its format is not one this report knows).")
+    else:
+        out.append("- **drift-detection delay**: pending: no drift benchmark or results file yet.")
+    mine = ("quick", "smoke", "hotswap", "drift", "score")
+    others = [p for p in sorted(folder.glob("20*-*-*-*.json")) if p.stem.split("-")[-1] not in mine]
+    if others:
+        out.append("- other benchmarks with their own results files (not part of this suite's run): "
+                   + ", ".join(f"`{p.relative_to(BENCH)}`" for p in others) + ".")
+    return out
+
+
+def main(argv: list[str] | None = None) -> str:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv:
+        path = Path(argv[0]).resolve()
+    else:
+        from plot import latest
+
+        path = latest()
+    doc = json.loads(path.read_text())
+    block = render(doc, path)
+    text = README.read_text() if README.exists() else f"# tidal benchmarks\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in text or END not in text:
+        text += f"\n{BEGIN}\n{END}\n"
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    README.write_text(f"{head}{BEGIN}\n{block}{END}{tail}")
+    print(block)
+    print(f"updated {README}")
+    return block
+
+
+if __name__ == "__main__":
+    main()

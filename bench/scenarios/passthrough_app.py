@@ -1,0 +1,60 @@
+"""Limit: consume → produce with the confluent-kafka batch API, no decoding, no model (own process).
+
+    python bench/scenarios/passthrough_app.py BOOTSTRAP INPUT OUTPUT EVENTS MODE STATS.json
+
+MODE ``raw``: produce each consumed batch and move on (the producer flushes only at the end):
+the fastest a Python process can move these records through this broker.
+MODE ``alo``: the same, with tidal's delivery sequence per batch: produce, wait until the
+broker acknowledged every record (``flush``), then commit the batch's offsets.
+Both use tidal's producer settings (idempotence, lz4, linger 5 ms, 1 MB batches).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(bootstrap: str, source: str, sink: str, events: int, mode: str, stats_path: str) -> None:
+    t_start = time.time()
+    from confluent_kafka import Producer
+
+    from benchlib.kafka import group_consumer
+    from tidal.config import KafkaSettings
+
+    settings = KafkaSettings(bootstrap)
+    c = group_consumer(settings, f"passthrough-{uuid.uuid4().hex[:8]}")
+    c.subscribe([source])
+    p = Producer(settings.client_config({"enable.idempotence": True, "linger.ms": 5, "batch.size": 1_000_000,
+                                         "compression.type": "lz4", "queue.buffering.max.messages": 2_000_000,
+                                         "queue.buffering.max.kbytes": 2_097_151, "log_level": 3}))
+    seen, first = 0, None
+    produce = p.produce
+    while seen < events:
+        msgs = c.consume(5000, 0.05)
+        if not msgs:
+            continue
+        first = first or time.time()
+        for m in msgs:
+            produce(sink, m.value(), m.key())
+        if mode == "alo":
+            p.flush(30)
+            c.commit(asynchronous=True)
+        else:
+            p.poll(0)
+        seen += len(msgs)
+    p.flush(60)
+    last = time.time()
+    c.close()
+    Path(stats_path).write_text(json.dumps({"events": seen, "started_at": t_start, "first_event_at": first,
+                                            "last_event_at": last}))
+
+
+if __name__ == "__main__":
+    a = sys.argv[1:]
+    main(a[0], a[1], a[2], int(a[3]), a[4], a[5])

@@ -1,0 +1,82 @@
+"""The benchmark suite's code runs end to end on a tiny input; no timing is asserted.
+
+It starts its own embedded broker (through ``bench/run.py --smoke``) and runs, on 3,000
+events, the model-only limit, one tidal worker draining a backlog and one latency phase
+(pacer, worker, tracker); the River step and River's loop run in memory, and the report and
+charts are rendered from the smoke results. Every process that joins a consumer group takes
+5-9 s to start on the embedded broker, so to stay well under 40 s the baseline apps
+(passthrough, per-message loop, Quix Streams, Faust) are only compiled here; they run in
+`make bench` and `make bench-quick`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import py_compile
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.fixture(scope="module")
+def bench_path():
+    sys.path.insert(0, str(BENCH))
+    yield BENCH
+    sys.path.remove(str(BENCH))
+
+
+@pytest.mark.timeout(120)
+def test_suite_runs_on_a_tiny_input(tmp_path, bench_path):
+    out = tmp_path / "smoke.json"
+    env = {**os.environ, "TIDAL_HOME": str(tmp_path / "home")}
+    env.pop("TIDAL_BOOTSTRAP_SERVERS", None)
+    cmd = [sys.executable, str(BENCH / "run.py"), "--smoke", "--only", "model_only,tidal1,latency",
+           "--out", str(out), "--no-report"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=110, env=env)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    doc = json.loads(out.read_text())
+    assert doc["mode"] == "smoke" and doc["machine"]["cores"] and doc["results"]
+    by = {(r["system"], r["scenario"]): r for r in doc["results"]}
+    tidal = by["tidal", "throughput"]
+    assert tidal["outputs"] == tidal["expected"] == doc["events"] and tidal["dlq"] == 0 and tidal["exit_code"] == 0
+    assert tidal["events_per_s"] > 0 and tidal["peak_rss_mb_per_worker"]
+    assert by["model-only", "throughput"]["events_per_s"] > 0
+    lat = by["tidal", "latency"]
+    assert lat["received"] == lat["events"] and lat["p50_ms"] <= lat["p95_ms"] <= lat["p99_ms"]
+    assert {f["floor"].split(" ")[0] for f in doc["floors"]} == {"tidal"}
+
+    import report
+
+    text = report.render(doc, out)
+    assert "Scoring throughput" in text and "Latency" in text
+    if importlib.util.find_spec("matplotlib"):
+        import plot
+
+        charts = plot.main([str(out)])
+        assert {c.name for c in charts} >= {"smoke-throughput.png", "smoke-latency.png"}
+
+
+def test_river_step_and_loop_in_memory(bench_path):
+    from benchlib.events import FEATURES, LABELLED_SCHEMA_DICT, make_events
+    from scenarios.river_step import RiverLearnStep, river_loop
+    from tidal.quality.schema import Schema
+    from tidal.stream import Pipeline
+
+    ev = make_events(300, with_label=True)
+    pipeline = Pipeline("smoke", schema=Schema.from_dict(LABELLED_SCHEMA_DICT), steps=[RiverLearnStep()])
+    outputs, rejects = pipeline.test(ev.values)
+    assert len(outputs) == 300 and not rejects
+    assert b'"score":' in outputs[0] and pipeline.steps[0].learned == 300
+    records = [json.loads(v) for v in ev.values]
+    assert river_loop([{f: r[f] for f in FEATURES} for r in records], [bool(r["label"]) for r in records]) == 300
+
+
+def test_every_scenario_script_compiles():
+    for script in sorted((BENCH / "scenarios").glob("*.py")) + [BENCH / "run.py", BENCH / "plot.py", BENCH / "report.py"]:
+        py_compile.compile(str(script), doraise=True)
