@@ -140,8 +140,8 @@ def test_convert_command_saves_and_registers(tmp_path):
     assert "parity on 300 rows" in r.output and load_model(tmp_path / "o").card.flavor == "onnx"
     registry = Registry(tmp_path / "reg")
     registry.register("fraud", folder=tmp_path / "src")
-    r = runner.invoke(app, ["convert", "models:/fraud/1", "--registry", str(tmp_path / "reg")])
-    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["models", "convert", "models:/fraud/1", "--registry", str(tmp_path / "reg")])
+    assert r.exit_code == 0, r.output  # also reachable as `tidal models convert`
     assert "registered models:/fraud/2" in r.output
     assert registry.load("models:/fraud/2").card.flavor == "onnx"
     csv = "amount,merchant,ratio\n" + "".join(f"{a},{CATS['merchant'][int(m)]},{r}\n" for a, r, m in fresh(40))

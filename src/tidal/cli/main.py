@@ -14,7 +14,7 @@ from tidal.cli.dashboard import dashboard
 from tidal.cli.learn import register as register_learn
 from tidal.cli.models import models_app
 from tidal.cli.quality import demo_network, quality_app
-from tidal.cli.serve import serve_app
+from tidal.cli.serve import convert_cmd, serve_app
 from tidal.config import BrokerUnreachable, KafkaSettings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -27,6 +27,7 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(demo_app, name="demo")
 app.add_typer(models_app, name="models")
 app.add_typer(serve_app)  # `tidal serve`, `tidal convert`
+models_app.command("convert")(convert_cmd)  # also as `tidal models convert`, as the registry's users expect
 app.add_typer(quality_app, name="quality")
 demo_app.command("network")(demo_network)
 app.command("dashboard")(dashboard)
