@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from tidal.broker import EmbeddedBroker, TopicSpec, ensure_topics
+from tidal.broker import EmbeddedBroker, TopicSpec, ensure_topics, produce_all
 from tidal.config import KafkaSettings
 from tidal.quality import Schema
 from tidal.quality.base import as_quality, flush
@@ -116,13 +116,7 @@ def fill(settings: KafkaSettings, topic: str, keys: list[bytes], values: list[by
     ensure_topics(settings, [TopicSpec(topic, PARTITIONS)])
     p = Producer(settings.client_config({"linger.ms": 20, "batch.size": 1_000_000, "log_level": 3,
                                          "queue.buffering.max.messages": 1_000_000}))
-    for k, v in zip(keys, values):
-        while True:
-            try:
-                p.produce(topic, v, k)
-                break
-            except BufferError:
-                p.poll(0.05)
+    produce_all(p, topic, values, keys)
     p.flush(60)
 
 

@@ -38,7 +38,7 @@ import lightgbm
 import numpy as np
 from confluent_kafka import Producer
 
-from tidal.broker import EmbeddedBroker, TopicSpec, ensure_topics
+from tidal.broker import EmbeddedBroker, TopicSpec, ensure_topics, produce_all
 from tidal.config import KafkaSettings
 from tidal.demos.fraud_data import CATEGORIES, FEATURES, SCHEMA, generate
 from tidal.models import ScoreStep, load_model, save_model
@@ -188,13 +188,7 @@ def fill(settings: KafkaSettings, topic: str, keys: list[bytes], values: list[by
     ensure_topics(settings, [TopicSpec(topic, PARTITIONS)])
     p = Producer(settings.client_config({"linger.ms": 20, "batch.size": 1_000_000, "compression.type": "lz4",
                                          "log_level": 3}))
-    for k, v in zip(keys, values):
-        while True:
-            try:
-                p.produce(topic, v, k)
-                break
-            except BufferError:
-                p.poll(0.05)
+    produce_all(p, topic, values, keys)
     p.flush()
 
 

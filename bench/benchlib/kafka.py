@@ -9,7 +9,7 @@ import numpy as np
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from tidal.broker import TopicSpec, ensure_topics
+from tidal.broker import TopicSpec, ensure_topics, produce_all
 from tidal.config import KafkaSettings
 
 PARTITIONS = 4
@@ -26,13 +26,7 @@ def fill(settings: KafkaSettings, topic: str, keys: Sequence[bytes], values: Seq
     t0 = time.perf_counter()
     p = Producer(settings.client_config({"linger.ms": 20, "batch.size": 1_000_000, "log_level": 3,
                                          "queue.buffering.max.messages": 1_000_000}))
-    for k, v in zip(keys, values):
-        while True:
-            try:
-                p.produce(topic, v, k)
-                break
-            except BufferError:
-                p.poll(0.05)
+    produce_all(p, topic, values, keys)
     if p.flush(60):
         raise RuntimeError(f"could not fill {topic}")
     return time.perf_counter() - t0

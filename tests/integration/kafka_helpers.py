@@ -54,3 +54,18 @@ def wait_for(settings, topics: list[tuple[str, int]], count: int, timeout: float
 
 def records(msgs: list[Any]) -> list[dict]:
     return [orjson.loads(m.value()) for m in msgs]
+
+
+def run_until(worker, total: int, timeout: float = 60.0) -> None:
+    """Run ``worker`` in a thread until it has consumed ``total`` events."""
+    import threading
+
+    def check(w, _batch) -> None:
+        if w.stats.events_in >= total:
+            w.stop()
+
+    worker.on_batch = check
+    t = threading.Thread(target=worker.run, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), f"worker consumed {worker.stats.events_in} of {total} within {timeout}s"

@@ -4,7 +4,6 @@ events in = outputs + DLQ + dropped, in the worker's stats and in its metrics.""
 
 from __future__ import annotations
 
-import threading
 
 import orjson
 import pytest
@@ -15,7 +14,7 @@ from tidal.quality import Schema
 from tidal.quality.chain import QualityChain
 from tidal.stream import Pipeline, Worker
 
-from .kafka_helpers import produce, read_all
+from .kafka_helpers import produce, read_all, run_until
 
 pytestmark = pytest.mark.integration
 
@@ -62,18 +61,6 @@ CASES = [
     ({"id": "weird"}, "out", {"quality_flags": ["id:pattern"]}),
     ({"x": 101, "z": 500}, "dlq", "out_of_range"),
 ]
-
-
-def run_until(worker: Worker, total: int, timeout: float = 60.0) -> None:
-    def check(w: Worker, _batch) -> None:
-        if w.stats.events_in >= total:
-            w.stop()
-
-    worker.on_batch = check
-    t = threading.Thread(target=worker.run, daemon=True)
-    t.start()
-    t.join(timeout)
-    assert not t.is_alive(), f"worker consumed {worker.stats.events_in} of {total} within {timeout}s"
 
 
 def sample(registry, name: str, **labels) -> float:

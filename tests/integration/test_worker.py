@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 
 import orjson
 import pytest
@@ -12,25 +11,11 @@ from tidal.models import ScoreStep, load_model
 from tidal.quality import Schema
 from tidal.stream import Pipeline, Worker
 
-from .kafka_helpers import produce, read_all, records
+from .kafka_helpers import produce, read_all, records, run_until
 
 pytestmark = pytest.mark.integration
 
 SCHEMA = Schema.from_dict({"id": "int", "x": "float", "y": "float"})
-
-
-def run_until(worker: Worker, total: int, timeout: float = 60.0) -> None:
-    """Run ``worker`` in a thread until it has consumed ``total`` events."""
-
-    def check(w: Worker, _batch) -> None:
-        if w.stats.events_in >= total:
-            w.stop()
-
-    worker.on_batch = check
-    t = threading.Thread(target=worker.run, daemon=True)
-    t.start()
-    t.join(timeout)
-    assert not t.is_alive(), f"worker consumed {worker.stats.events_in} of {total} within {timeout}s"
 
 
 def test_produce_score_consume_exact_counts(settings, name, toy_model):
