@@ -21,13 +21,17 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/tidal demo fraud
 
-# Real servers the tests drive: Prometheus (scrapes a worker) and Chromium (renders the dashboard).
+# Real servers the tests drive: Prometheus (scrapes a worker), Chromium (renders the dashboard),
+# PostgreSQL and Mosquitto (the connectors' outside systems; tests start them on loopback).
 # Installed with apt when missing and we are root; otherwise those tests skip and say why.
+PG_BIN = $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb) $(shell command -v initdb))
 system-deps:
-	@if command -v prometheus >/dev/null && command -v chromium >/dev/null; then :; \
+	@if command -v prometheus >/dev/null && command -v chromium >/dev/null && command -v mosquitto >/dev/null \
+		&& [ -n "$(PG_BIN)" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus chromium >/dev/null; \
-	else echo "note: prometheus/chromium missing and not root: their tests will be skipped"; fi
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus chromium \
+			postgresql mosquitto >/dev/null; \
+	else echo "note: prometheus/chromium/postgresql/mosquitto missing and not root: their tests will be skipped"; fi
 
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest

@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 
+from tidal.cli.connect import ingest_app, sink_app
 from tidal.cli.dashboard import dashboard
 from tidal.cli.learn import register as register_learn
 from tidal.cli.models import models_app
@@ -29,6 +30,8 @@ app.add_typer(models_app, name="models")
 app.add_typer(serve_app)  # `tidal serve`, `tidal convert`
 models_app.command("convert")(convert_cmd)  # also as `tidal models convert`, as the registry's users expect
 app.add_typer(quality_app, name="quality")
+app.add_typer(ingest_app, name="ingest")
+app.add_typer(sink_app, name="sink")
 demo_app.command("network")(demo_network)
 app.command("dashboard")(dashboard)
 register_learn(app, demo_app)  # `tidal train`, `tidal learn`, `tidal demo maintenance|sentiment`
