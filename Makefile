@@ -45,10 +45,10 @@ $(BENCH_STAMP): $(STAMP) bench/requirements.txt
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
-	$(BIN)/python bench/run.py
+	$(BIN)/tidal bench
 
 bench-quick: $(BENCH_STAMP)
-	$(BIN)/python bench/run.py --quick
+	$(BIN)/tidal bench --quick
 
 clean:
 	rm -rf $(VENV) .tidal build dist src/*.egg-info

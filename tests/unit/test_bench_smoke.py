@@ -1,6 +1,6 @@
 """The benchmark suite's code runs end to end on a tiny input; no timing is asserted.
 
-It starts its own embedded broker (through ``bench/run.py --smoke``) and runs, on 3,000
+It starts its own embedded broker (through ``tidal bench -- --smoke``, which runs ``bench/run.py``) and runs, on 3,000
 events, the model-only limit, one tidal worker draining a backlog and one latency phase
 (pacer, worker, tracker); the River step and River's loop run in memory, and the report and
 charts are rendered from the smoke results. Every process that joins a consumer group takes
@@ -36,8 +36,8 @@ def test_suite_runs_on_a_tiny_input(tmp_path, bench_path):
     out = tmp_path / "smoke.json"
     env = {**os.environ, "TIDAL_HOME": str(tmp_path / "home")}
     env.pop("TIDAL_BOOTSTRAP_SERVERS", None)
-    cmd = [sys.executable, str(BENCH / "run.py"), "--smoke", "--only", "model_only,tidal1,latency",
-           "--out", str(out), "--no-report"]
+    tidal = Path(sys.executable).with_name("tidal")  # `tidal bench` runs bench/run.py of this checkout
+    cmd = [str(tidal), "bench", "--only", "model_only,tidal1,latency", "--out", str(out), "--", "--smoke", "--no-report"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=110, env=env)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     doc = json.loads(out.read_text())

@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 
+from tidal.cli.bench import bench
 from tidal.cli.connect import ingest_app, sink_app
 from tidal.cli.dashboard import dashboard
 from tidal.cli.learn import register as register_learn
@@ -34,6 +35,7 @@ app.add_typer(ingest_app, name="ingest")
 app.add_typer(sink_app, name="sink")
 demo_app.command("network")(demo_network)
 app.command("dashboard")(dashboard)
+app.command("bench")(bench)
 register_learn(app, demo_app)  # `tidal train`, `tidal learn`, `tidal demo maintenance|sentiment`
 
 BootstrapOpt = typer.Option(None, "--bootstrap", "-b", envvar="TIDAL_BOOTSTRAP_SERVERS",

@@ -6,8 +6,10 @@ One batch is one ordered sequence, written once, here:
 2. **decode** into columns; undecodable records become rejects;
 3. **steps** transform the whole batch; a step that raises rejects the batch it got;
 4. **produce** outputs to the sink and rejects to the DLQ (original bytes + reason headers);
-5. **deliver**: at-least-once waits until the broker acknowledged every record of the batch,
-   then commits the batch's offsets; exactly-once (``exactly_once=True``) instead commits
+5. **deliver**: at-least-once commits a batch's offsets once the broker acknowledged every
+   record of it. The acknowledgements are awaited while the next batch is consumed and
+   computed (one batch in flight): before the next batch is produced, when the worker is
+   idle, on revocation and on shutdown. Exactly-once (``exactly_once=True``) instead commits
    outputs and offsets in one Kafka transaction (``send_offsets_to_transaction``).
 
 Offsets are never committed for a record whose output was not acknowledged, so a crash at
@@ -96,6 +98,7 @@ class Worker:
         self._stop = threading.Event()
         self._done: dict[tuple[str, int], int] = {}  # offsets processed and delivered, not yet sync-committed
         self._delivery_errors: list[str] = []
+        self._inflight: dict[tuple[str, int], int] | None = None  # offsets of the batch produced, not yet acknowledged
         self._last_input = float("inf")
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
@@ -184,6 +187,7 @@ class Worker:
         log.info("worker %s revoked %s", self.worker_id, tps)
         for step in self.pipeline.steps:
             step.on_revoke(tps)
+        self._settle()
         self._commit_done(only=set(tps))
         for store in self.stores:
             for _t, q in tps:
@@ -230,6 +234,8 @@ class Worker:
         try:
             while not self._stop.is_set():
                 msgs = self.consumer.consume(p.max_batch, timeout)
+                if not msgs:
+                    self._settle(wait=False)  # idle: commit the last batch as soon as it is acknowledged
                 self.producer.poll(0)
                 if msgs:
                     msgs = self._drop_errors(msgs)
@@ -272,12 +278,9 @@ class Worker:
         if p.exactly_once:
             self._deliver_transaction(batch, outputs, msgs, offsets, changes)
         else:
-            self._deliver(batch, outputs, changes)
-            self._done.update(offsets)
-            self.consumer.commit(offsets=[TopicPartition(t, q, o) for (t, q), o in offsets.items()],
-                                 asynchronous=True)
-            self.stats.commits += 1
-            self.metrics.commits.inc()
+            self._settle()  # the previous batch: acknowledged (mostly while this one was computed), committed
+            self._produce(batch, outputs, changes)
+            self._inflight = offsets
         now = time.time()
         s = self.stats
         s.first_event_at = s.first_event_at or now
@@ -403,13 +406,27 @@ class Worker:
             except BufferError:
                 self.producer.poll(0.1)
 
-    def _deliver(self, batch: Batch, outputs: list[bytes], changes: list = ()) -> None:
-        self._produce(batch, outputs, changes)
-        while self.producer.flush(10) > 0:
-            log.warning("waiting for the broker to acknowledge the batch")
+    def _settle(self, wait: bool = True) -> bool:
+        """Commit the batch in flight once the broker acknowledged all of it (``wait=False``:
+        only if it already did). Returns whether nothing is left in flight."""
+        if self._inflight is None:
+            return True
+        if wait:
+            while self.producer.flush(10) > 0:
+                log.warning("waiting for the broker to acknowledge the batch")
+        else:
+            self.producer.poll(0)
+            if len(self.producer):
+                return False
+        offsets, self._inflight = self._inflight, None
         if self._delivery_errors:
             errors, self._delivery_errors = self._delivery_errors, []
             raise DeliveryFailed(f"{len(errors)} records not acknowledged, offsets not committed: {errors[0]}")
+        self._done.update(offsets)
+        self.consumer.commit(offsets=[TopicPartition(t, q, o) for (t, q), o in offsets.items()], asynchronous=True)
+        self.stats.commits += 1
+        self.metrics.commits.inc()
+        return True
 
     def _deliver_transaction(self, batch: Batch, outputs: list[bytes], msgs: list[Any],
                              offsets: dict[tuple[str, int], int], changes: list = ()) -> None:
@@ -441,6 +458,7 @@ class Worker:
     def _shutdown(self) -> None:
         try:
             if self.producer is not None:
+                self._settle()
                 self.producer.flush(30)
             if self._alert_producer is not None:
                 self._alert_producer.flush(10)
