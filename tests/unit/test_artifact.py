@@ -50,6 +50,23 @@ def test_lightgbm_classifier_round_trip(tmp_path, data):
     np.testing.assert_allclose(loaded.predict(X_test), model.predict_proba(X_test)[:, 1], rtol=1e-9)
 
 
+@pytest.mark.parametrize("rows", [50, 3000])
+def test_lightgbm_scores_do_not_depend_on_threads(tmp_path, data, rows):
+    import lightgbm
+
+    X, y, _ = data
+    model = lightgbm.LGBMClassifier(n_estimators=15, n_jobs=1, verbose=-1).fit(X, y)
+    save_model(model, tmp_path / "m", "clf", 1, FEATURES)
+    X_big = np.random.default_rng(2).random((rows, 3))
+    expected = model.predict_proba(X_big)[:, 1]
+    loaded = load_model(tmp_path / "m")
+    for threads in (None, 1, 2):
+        loaded.threads = threads
+        np.testing.assert_allclose(loaded.predict(X_big), expected, rtol=1e-12)
+    step = ScoreStep(loaded, threads=1)
+    assert loaded.threads == 1 and step.model is loaded
+
+
 def test_lightgbm_booster_round_trip(tmp_path, data):
     import lightgbm
 

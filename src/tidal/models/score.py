@@ -28,18 +28,24 @@ __all__ = ["ScoreStep"]
 
 
 class ScoreStep(Step):
-    """Score the batch with ``model``; the decision uses ``threshold`` (default: the model card's)."""
+    """Score the batch with ``model``; the decision uses ``threshold`` (default: the model card's).
+
+    ``threads``: LightGBM threads per batch (default: one for small batches, all cores for
+    large ones; see :class:`~tidal.models.artifact.LoadedModel`).
+    """
 
     name = "score"
     error_reason = "model_error"
 
-    def __init__(self, model: LoadedModel, threshold: float | None = None) -> None:
+    def __init__(self, model: LoadedModel, threshold: float | None = None, threads: int | None = None) -> None:
         self.model = model
+        if threads is not None:
+            model.threads = int(threads)
         self.threshold = model.card.threshold if threshold is None else float(threshold)
 
     @classmethod
-    def from_path(cls, path: str, threshold: float | None = None) -> "ScoreStep":
-        return cls(load_model(path), threshold)
+    def from_path(cls, path: str, threshold: float | None = None, threads: int | None = None) -> "ScoreStep":
+        return cls(load_model(path), threshold, threads)
 
     def process(self, batch: Batch) -> Batch:
         if not len(batch):
