@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if lat:
         configs: dict[str, list[dict]] = {}
         for r in lat:
-            configs.setdefault(_knob_text(r["knobs"]), []).append(r)
+            label = _knob_text(r["knobs"]) if r.get("system", "tidal") == "tidal" else f"{r['system']} (floor)"
+            configs.setdefault(label, []).append(r)
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), sharey=True)
         rates = sorted({r["offered_per_s"] or 10**9 for r in lat})
         names = {x: ("max" if x == 10**9 else f"{x:,}/s") for x in rates}

@@ -36,6 +36,7 @@ class Sizes:
     repeats: int = 1                  # passthrough / tidal 1-worker alternations
     pass_repeat: int = 1              # the passthrough drains the backlog repeated this many times
     pacer_linger_ms: float = 5        # the latency pacer's producer linger (librdkafka's default)
+    latency_relay: bool = True        # also measure the relay floor (no tidal) under the same loads
     timeout_s: float = 240.0
 
 

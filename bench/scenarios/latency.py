@@ -13,6 +13,11 @@ predictions as they arrive. Per event:
 
 Everything (broker, pacer, worker, tracker) shares this machine's cores. The first 5% of each
 phase is dropped as warm-up.
+
+The same phases also run through a **relay** (``passthrough_app.py relay``: consume, splice
+the source timestamp into the bytes, produce at once; no decoding, no model, no commit): the
+floor that this broker, the clients and the machine put under any consumer → producer
+process, so tidal's own share of the latency can be read off.
 """
 
 from __future__ import annotations
@@ -94,25 +99,36 @@ def _offer(ctx: Ctx, tracker: Tracker, topic: str, start: int, count: int, rate:
     return (json.loads(stats.read_text()) if stats.exists() else {}), got
 
 
+RELAY_KNOBS = {"max_batch": 5000, "max_wait_ms": 5, "linger_ms": 0, "fetch_wait_ms": 5}
+
+
 def run(ctx: Ctx) -> None:
     s = ctx.sizes
-    for knobs in s.latency_configs:
-        knob_label = knob_text(knobs)
+    configs = [("tidal", k) for k in s.latency_configs]
+    if getattr(s, "latency_relay", True):
+        configs.append(("limit: relay", RELAY_KNOBS))
+    for system, knobs in configs:
+        knob_label = knob_text(knobs) if system == "tidal" else "relay: no decode, no model, no commit"
         name = ctx.fresh("lat")
         source = f"{name}.events"
-        ensure_topics(ctx.settings, [TopicSpec(source, PARTITIONS)])
-        spec = write_spec(ctx.work, name, source, _schema(), [{"score": {"model": str(ctx.model["artifact"])}}],
-                          max_batch=knobs["max_batch"], max_wait_ms=knobs["max_wait_ms"],
-                          producer={"linger.ms": knobs["linger_ms"]},
-                          consumer={"fetch.wait.max.ms": knobs["fetch_wait_ms"]} if "fetch_wait_ms" in knobs else None)
-        worker = start_tidal(spec, ctx.bootstrap, 1, ctx.work / f"{name}-stats.json", log=ctx.log)
+        ensure_topics(ctx.settings, [TopicSpec(source, PARTITIONS), TopicSpec(f"{name}.predictions", PARTITIONS)])
+        if system == "tidal":
+            spec = write_spec(ctx.work, name, source, _schema(), [{"score": {"model": str(ctx.model["artifact"])}}],
+                              max_batch=knobs["max_batch"], max_wait_ms=knobs["max_wait_ms"],
+                              producer={"linger.ms": knobs["linger_ms"]},
+                              consumer={"fetch.wait.max.ms": knobs["fetch_wait_ms"]} if "fetch_wait_ms" in knobs else None)
+            worker = start_tidal(spec, ctx.bootstrap, 1, ctx.work / f"{name}-stats.json", log=ctx.log)
+        else:
+            worker = subprocess.Popen([sys.executable, str(BENCH / "scenarios" / "passthrough_app.py"), ctx.bootstrap,
+                                       source, f"{name}.predictions", "0", "relay", str(ctx.work / f"{name}-relay.json")],
+                                      env=env_for(ctx.bootstrap), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         tracker = Tracker(ctx, f"{name}.predictions")
         try:
             # Warm-up: wait for the group join and the first outputs before measuring.
             _, got = _offer(ctx, tracker, source, 0, 200, 1000, f"{name}-warm", 60)
             tracker.take()
             if got < 200:
-                ctx.add(system="tidal", scenario="latency", label=f"{knob_label}: worker did not start",
+                ctx.add(system=system, scenario="latency", label=f"{knob_label}: worker did not start",
                         knobs=knobs, events_per_s=None)
                 continue
             start = 200
@@ -130,7 +146,7 @@ def run(ctx: Ctx) -> None:
                 span = (out_ts.max() - out_ts.min()) / 1000 if len(out_ts) > 1 else 0
                 p50, p95, p99 = _pct(consumed) if len(consumed) else (None,) * 3
                 q50, q95, q99 = _pct(produced) if len(produced) else (None,) * 3
-                ctx.add(system="tidal", scenario="latency", knobs=knobs,
+                ctx.add(system=system, scenario="latency", knobs=knobs,
                         label=f"{'max' if not rate else f'{rate:,}/s'} offered; {knob_label}",
                         offered_per_s=rate or None, achieved_offered_per_s=pacer.get("rate"),
                         events_per_s=len(out_ts) / span if span else None, events=count, received=got,
@@ -144,7 +160,8 @@ def run(ctx: Ctx) -> None:
                 worker.wait(30)
             except subprocess.TimeoutExpired:
                 worker.kill()
-            _worker_summary(ctx, name, knobs)
+            if system == "tidal":
+                _worker_summary(ctx, name, knobs)
             delete_topics(ctx.settings, [source, f"{name}.predictions", f"{name}.dlq", f"{name}.labels"])
 
 
@@ -173,7 +190,7 @@ def _worker_summary(ctx: Ctx, name: str, knobs: dict) -> None:
         return
     st = json.loads(path.read_text())
     for r in ctx.results:
-        if r.get("scenario") == "latency" and r.get("knobs") == knobs:
+        if r.get("scenario") == "latency" and r.get("knobs") == knobs and r.get("system") == "tidal":
             r["worker_all_phases"] = {"batches": st["batches"], "events_in": st["events_in"], "busy_s": st["busy_s"]}
 
 

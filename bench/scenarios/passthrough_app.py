@@ -7,6 +7,10 @@ the fastest a Python process can move these records through this broker.
 MODE ``alo``: the same, with tidal's delivery sequence per batch: produce, wait until the
 broker acknowledged every record (``flush``), then commit the batch's offsets.
 Both use tidal's producer settings (idempotence, lz4, linger 5 ms, 1 MB batches).
+MODE ``relay``: the latency floor of this broker and client: consume with
+``fetch.wait.max.ms`` 5, add the input's CreateTime to each JSON record as
+``source_timestamp`` (a bytes splice, no decoding) and produce at once (``linger.ms`` 0);
+run until terminated (EVENTS is ignored).
 """
 
 from __future__ import annotations
@@ -28,11 +32,23 @@ def main(bootstrap: str, source: str, sink: str, events: int, mode: str, stats_p
     from tidal.config import KafkaSettings
 
     settings = KafkaSettings(bootstrap)
-    c = group_consumer(settings, f"passthrough-{uuid.uuid4().hex[:8]}")
+    relay = mode == "relay"
+    c = group_consumer(settings, f"passthrough-{uuid.uuid4().hex[:8]}", {"fetch.wait.max.ms": 5} if relay else None)
     c.subscribe([source])
-    p = Producer(settings.client_config({"enable.idempotence": True, "linger.ms": 5, "batch.size": 1_000_000,
+    p = Producer(settings.client_config({"enable.idempotence": True, "linger.ms": 0 if relay else 5,
+                                         "batch.size": 1_000_000,
                                          "compression.type": "lz4", "queue.buffering.max.messages": 2_000_000,
                                          "queue.buffering.max.kbytes": 2_097_151, "log_level": 3}))
+    if relay:
+        import signal
+
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        while True:
+            for m in c.consume(5000, 0.005):
+                if not m.error():
+                    v = m.value()
+                    p.produce(sink, b"%s,\"source_timestamp\":%d}" % (v[:-1], m.timestamp()[1]), m.key())
+            p.poll(0)
     seen, first = 0, None
     produce = p.produce
     while seen < events:

@@ -7,9 +7,10 @@ One batch is one ordered sequence, written once, here:
 3. **steps** transform the whole batch; a step that raises rejects the batch it got;
 4. **produce** outputs to the sink and rejects to the DLQ (original bytes + reason headers);
 5. **deliver**: at-least-once commits a batch's offsets once the broker acknowledged every
-   record of it. The acknowledgements are awaited while the next batch is consumed and
-   computed (one batch in flight): before the next batch is produced, when the worker is
-   idle, on revocation and on shutdown. Exactly-once (``exactly_once=True``) instead commits
+   record of it, without waiting for it: the next batches are consumed, computed and
+   produced meanwhile (up to ``max_in_flight`` batches unacknowledged), and acknowledged
+   batches are committed in order as their reports arrive, when idle, on revocation and on
+   shutdown. Exactly-once (``exactly_once=True``) instead commits
    outputs and offsets in one Kafka transaction (``send_offsets_to_transaction``).
 
 Offsets are never committed for a record whose output was not acknowledged, so a crash at
@@ -25,7 +26,7 @@ import logging
 import signal
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any, Callable
@@ -76,12 +77,40 @@ class WorkerStats:
                 "first_event_at": self.first_event_at, "last_event_at": self.last_event_at}
 
 
+class _Acks:
+    """One produced batch: its next offsets, and the broker's acknowledgements still to come."""
+
+    __slots__ = ("offsets", "pending", "sealed", "errors", "error_counter")
+
+    def __init__(self, offsets: dict[tuple[str, int], int], error_counter: Any) -> None:
+        self.offsets, self.pending, self.sealed, self.errors = offsets, 0, False, []
+        self.error_counter = error_counter
+
+    def ack(self, err: KafkaError | None, msg: Any) -> None:  # librdkafka's delivery report, per record
+        self.pending -= 1
+        if err is not None:
+            self.errors.append(f"{msg.topic()}: {err.str()}")
+            self.error_counter.inc()
+
+    def seal(self, produced: int) -> None:
+        self.pending += produced
+        self.sealed = True
+
+    @property
+    def done(self) -> bool:
+        return self.sealed and self.pending <= 0
+
+
 class Worker:
-    """Run ``pipeline`` against the cluster in ``settings`` until :meth:`stop` (or a signal)."""
+    """Run ``pipeline`` against the cluster in ``settings`` until :meth:`stop` (or a signal).
+
+    ``max_in_flight``: at-least-once batches produced but not yet acknowledged (each is
+    committed once all its records are acknowledged, in order).
+    """
 
     def __init__(self, pipeline: Pipeline, settings: KafkaSettings, worker_id: str = "0",
                  on_batch: Callable[["Worker", Batch], None] | None = None,
-                 metrics: WorkerMetrics | None = None, lag_interval_s: float = 1.0) -> None:
+                 metrics: WorkerMetrics | None = None, lag_interval_s: float = 1.0, max_in_flight: int = 3) -> None:
         self.pipeline = pipeline
         self.settings = settings
         self.worker_id = worker_id
@@ -98,7 +127,8 @@ class Worker:
         self._stop = threading.Event()
         self._done: dict[tuple[str, int], int] = {}  # offsets processed and delivered, not yet sync-committed
         self._delivery_errors: list[str] = []
-        self._inflight: dict[tuple[str, int], int] | None = None  # offsets of the batch produced, not yet acknowledged
+        self._inflight: deque[_Acks] = deque()  # batches produced, oldest first, not yet committed
+        self.max_in_flight = max_in_flight
         self._last_input = float("inf")
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
@@ -234,9 +264,9 @@ class Worker:
         try:
             while not self._stop.is_set():
                 msgs = self.consumer.consume(p.max_batch, timeout)
-                if not msgs:
-                    self._settle(wait=False)  # idle: commit the last batch as soon as it is acknowledged
                 self.producer.poll(0)
+                if not msgs:
+                    self._settle(wait=False)  # idle: commit the last batches as soon as they are acknowledged
                 if msgs:
                     msgs = self._drop_errors(msgs)
                 if msgs:
@@ -278,9 +308,7 @@ class Worker:
         if p.exactly_once:
             self._deliver_transaction(batch, outputs, msgs, offsets, changes)
         else:
-            self._settle()  # the previous batch: acknowledged (mostly while this one was computed), committed
-            self._produce(batch, outputs, changes)
-            self._inflight = offsets
+            self._send(batch, outputs, offsets, changes)
         now = time.time()
         s = self.stats
         s.first_event_at = s.first_event_at or now
@@ -385,48 +413,67 @@ class Worker:
         return out
 
     def _produce(self, batch: Batch, outputs: list[bytes],
-                 changes: list[tuple[str, int, bytes, bytes]] = ()) -> None:
+                 changes: list[tuple[str, int, bytes, bytes]] = (), acks: "_Acks | None" = None) -> int:
+        """Queue the batch's state changes, outputs and rejects; returns how many records."""
+        cb = acks.ack if acks is not None else None
+        produce = self.producer.produce
         for topic, q, key, value in changes:  # state changelog: same delivery (or transaction) as outputs
-            self.producer.produce(topic, value, key, q)
-        produce, sink = self.producer.produce, self.pipeline.sink
+            produce(topic, value, key, q, cb)
+        sink = self.pipeline.sink
         try:
-            list(map(produce, repeat(sink), outputs, batch.keys))
+            if cb is None:
+                list(map(produce, repeat(sink), outputs, batch.keys))
+            else:
+                list(map(produce, repeat(sink), outputs, batch.keys, repeat(-1), repeat(cb)))
         except BufferError:
-            # The queue is sized for several batches and drained after each, so this means a
-            # misconfiguration. Stop without committing: the batch is re-read on restart.
+            # The queue is sized for several batches in flight, so this means a misconfiguration.
+            # Stop without committing: the batch is re-read on restart.
             raise DeliveryFailed("producer queue full; raise queue.buffering.max.messages above max_batch") from None
         for r in batch.rejected:
-            self._produce_reject(r)
+            self._produce_reject(r, cb)
+        return len(changes) + len(outputs) + len(batch.rejected)
 
-    def _produce_reject(self, r: Reject) -> None:
+    def _produce_reject(self, r: Reject, cb: Callable | None = None) -> None:
         while True:
             try:
-                self.producer.produce(self.pipeline.dlq, r.value, r.key, headers=dlq_headers(r, self.pipeline.name))
+                self.producer.produce(self.pipeline.dlq, r.value, r.key, headers=dlq_headers(r, self.pipeline.name),
+                                      on_delivery=cb)
                 return
             except BufferError:
                 self.producer.poll(0.1)
 
+    def _send(self, batch: Batch, outputs: list[bytes], offsets: dict[tuple[str, int], int],
+              changes: list = ()) -> None:
+        """At-least-once: produce the batch and move on; :meth:`_settle` commits it once acknowledged."""
+        while len(self._inflight) >= self.max_in_flight:  # bounded: wait for the oldest batch
+            self.producer.poll(0.05)
+            self._settle(wait=False)
+        acks = _Acks(offsets, self.metrics.produce_errors)
+        acks.seal(self._produce(batch, outputs, changes, acks))
+        self._inflight.append(acks)
+        self.producer.poll(0)
+        self._settle(wait=False)
+
     def _settle(self, wait: bool = True) -> bool:
-        """Commit the batch in flight once the broker acknowledged all of it (``wait=False``:
-        only if it already did). Returns whether nothing is left in flight."""
-        if self._inflight is None:
-            return True
-        if wait:
+        """Commit, in order, the batches in flight that the broker fully acknowledged (``wait``:
+        wait for all of them). Returns whether nothing is left in flight."""
+        if wait and self._inflight:
             while self.producer.flush(10) > 0:
-                log.warning("waiting for the broker to acknowledge the batch")
-        else:
-            self.producer.poll(0)
-            if len(self.producer):
-                return False
-        offsets, self._inflight = self._inflight, None
-        if self._delivery_errors:
-            errors, self._delivery_errors = self._delivery_errors, []
-            raise DeliveryFailed(f"{len(errors)} records not acknowledged, offsets not committed: {errors[0]}")
-        self._done.update(offsets)
-        self.consumer.commit(offsets=[TopicPartition(t, q, o) for (t, q), o in offsets.items()], asynchronous=True)
-        self.stats.commits += 1
-        self.metrics.commits.inc()
-        return True
+                log.warning("waiting for the broker to acknowledge %d batches", len(self._inflight))
+        done: dict[tuple[str, int], int] = {}
+        while self._inflight and self._inflight[0].done:
+            acks = self._inflight.popleft()
+            if acks.errors:
+                self._inflight.clear()
+                raise DeliveryFailed(f"{len(acks.errors)} records not acknowledged, offsets not committed: "
+                                     f"{acks.errors[0]}")
+            done.update(acks.offsets)
+        if done:
+            self._done.update(done)
+            self.consumer.commit(offsets=[TopicPartition(t, q, o) for (t, q), o in done.items()], asynchronous=True)
+            self.stats.commits += 1
+            self.metrics.commits.inc()
+        return not self._inflight
 
     def _deliver_transaction(self, batch: Batch, outputs: list[bytes], msgs: list[Any],
                              offsets: dict[tuple[str, int], int], changes: list = ()) -> None:
