@@ -4,7 +4,9 @@
    windows) over 10,000 keys drains a backlog: events/s, with changelog writes and commits.
 2. A changelog holding ``--entries`` keys is restored into a fresh store: seconds.
 
-    python bench/features_bench.py [--events 300000] [--entries 1000000]
+``--backend rocksdb`` keeps the state (both parts) in RocksDB instead of memory.
+
+    python bench/features_bench.py [--events 300000] [--entries 1000000] [--backend memory|rocksdb]
 """
 
 from __future__ import annotations
@@ -38,13 +40,14 @@ def fill(settings: KafkaSettings, topic: str, values, keys, partition=None) -> N
     p.flush()
 
 
-def windows(settings: KafkaSettings, n: int) -> dict:
+def windows(settings: KafkaSettings, n: int, backend: str = "memory") -> dict:
     rng = np.random.default_rng(0)
     keys = rng.integers(0, 10_000, n)
     ts = np.sort(rng.integers(0, 3_600_000, n))
     p = Pipeline("featbench", schema=Schema.from_dict({"k": "str", "x": "float", "t": "int"}), max_batch=5000,
                  steps=[WindowAggregate("k", {"x_sum_10m": ("x", "sum"), "x_n_10m": ("x", "count"),
-                                              "x_mean_10m": ("x", "mean")}, window_s=600, time_field="t")])
+                                              "x_mean_10m": ("x", "mean")}, window_s=600, time_field="t",
+                                              state_backend=backend)])
     ensure_topics(settings, p.topic_specs())
     fill(settings, p.sources[0], [orjson.dumps({"k": f"k{k}", "x": float(x), "t": int(t)})
                                   for k, x, t in zip(keys.tolist(), rng.random(n).tolist(), ts.tolist())],
@@ -63,30 +66,35 @@ def windows(settings: KafkaSettings, n: int) -> dict:
             "state_entries": seen.get("state_entries")}
 
 
-def restore(settings: KafkaSettings, entries: int) -> dict:
+def restore(settings: KafkaSettings, entries: int, backend: str = "memory") -> dict:
     topic = "featbench.restore.changelog"
     ensure_topics(settings, [TopicSpec(topic, 1, COMPACTED)])
     value = orjson.dumps({"o": 1, "v": {"0": {"x": [3, 1.5, 0.9, 0.2, 0.8, 0.5]}}})
     fill(settings, topic, (value for _ in range(entries)), (b"key-%d" % i for i in range(entries)), 0)
-    store = StateStore("restore", topic)
+    store = StateStore("restore", topic, backend=backend)
     t0 = time.perf_counter()
     applied = restore_partitions(settings, store, {0: 10}, timeout=600)
-    return {"entries": entries, "applied": applied, "restore_s": time.perf_counter() - t0,
-            "entries_per_s": applied / (time.perf_counter() - t0)}
+    took = time.perf_counter() - t0
+    assert store.size() == entries
+    store.close()
+    return {"entries": entries, "applied": applied, "restore_s": took, "entries_per_s": applied / took}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=300_000)
     ap.add_argument("--entries", type=int, default=1_000_000)
+    ap.add_argument("--backend", choices=["memory", "rocksdb"], default="memory")
     args = ap.parse_args()
     with EmbeddedBroker() as broker:
         settings = KafkaSettings(broker.bootstrap)
-        result = {"windows": windows(settings, args.events), "restore": restore(settings, args.entries)}
+        result = {"backend": args.backend, "windows": windows(settings, args.events, args.backend),
+                  "restore": restore(settings, args.entries, args.backend)}
     print(json.dumps(result, indent=2))
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    (RESULTS / f"{stamp}-features.json").write_text(json.dumps({"date": stamp, **result}, indent=2))
+    suffix = "" if args.backend == "memory" else f"-{args.backend}"
+    (RESULTS / f"{stamp}-features{suffix}.json").write_text(json.dumps({"date": stamp, **result}, indent=2))
 
 
 if __name__ == "__main__":

@@ -6,10 +6,12 @@ import importlib
 
 import pytest
 
-PACKAGES = ["tidal", "tidal.stream", "tidal.broker", "tidal.models", "tidal.quality"]
+PACKAGES = ["tidal", "tidal.stream", "tidal.broker", "tidal.models", "tidal.quality", "tidal.features"]
 MODULES = ["tidal.config", "tidal.quality.schema", "tidal.stream.batch", "tidal.stream.decode",
            "tidal.stream.encode", "tidal.stream.pipeline", "tidal.stream.step", "tidal.stream.spec",
-           "tidal.models.artifact", "tidal.models.score", "tidal.demos.fraud_data"]
+           "tidal.models.artifact", "tidal.models.score", "tidal.demos.fraud_data", "tidal.stream.state",
+           "tidal.stream.rocks", "tidal.features.aggregates", "tidal.features.keyed", "tidal.features.windows",
+           "tidal.features.sliding", "tidal.features.sessions"]
 
 
 @pytest.mark.parametrize("name", PACKAGES + MODULES)

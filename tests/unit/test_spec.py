@@ -195,3 +195,37 @@ def test_missing_model_folder_raises(tmp_path):
     spec.write_text("pipeline: p\nsteps:\n  - score: {model: models/nope}\n")
     with pytest.raises(ArtifactError):
         load_pipeline(spec)
+
+
+def test_window_steps_and_state_backend_from_yaml(tmp_path):
+    from tidal.features import SessionAggregate, SlidingAggregate, WindowAggregate
+
+    (tmp_path / "p.yaml").write_text(textwrap.dedent("""
+        pipeline: feats
+        schema: {user: str, page: str, amount: float, ts: int}
+        state: {backend: rocksdb, path: state}
+        steps:
+          - window: {key: user, time_field: ts, window_s: 60, hop_s: 30, aggs: {spend: [amount, sum]}}
+          - sliding: {key: user, time_field: ts, window_s: 600, aggs: {pages_10m: [page, distinct, {lg_k: 10}]}}
+          - session: {key: user, time_field: ts, gap_s: 1800, lateness_s: 60, late: drop, state_backend: memory,
+                      aggs: {clicks: [page, count],
+                             p90: {field: amount, reducer: "tests.unit.test_aggregates:Quantile"}}}
+    """))
+    p = load_pipeline(tmp_path / "p.yaml")
+    window, sliding, session = p.steps
+    assert isinstance(window, WindowAggregate) and isinstance(sliding, SlidingAggregate)
+    assert isinstance(session, SessionAggregate) and session.gap_ms == 1_800_000 and session.late == "drop"
+    assert sliding.aggs[0].lg_k == 10 and session.aggs[1].reducer.q == 0.9
+    assert window.state_backend == sliding.state_backend == "rocksdb"
+    assert window.state_path == str(tmp_path / "state") and session.backend == "memory"  # its own choice
+    out, dlq = p.test([orjson.dumps({"user": "u", "page": pg, "amount": a, "ts": t})
+                       for pg, a, t in (("home", 1.0, 0), ("cart", 3.0, 1000), ("home", 2.0, 2000))])
+    assert dlq == [] and [orjson.loads(o)["pages_10m"] for o in out] == [1.0, 2.0, 2.0]
+    assert [orjson.loads(o)["clicks"] for o in out] == [1.0, 2.0, 3.0]
+
+
+def test_bad_state_section_is_refused():
+    with pytest.raises(ValueError, match="unknown state backend"):
+        from_dict({"pipeline": "t", "state": {"backend": "leveldb"}})
+    with pytest.raises(ValueError, match="unknown state keys"):
+        from_dict({"pipeline": "t", "state": {"dir": "x"}})

@@ -14,8 +14,11 @@ Event time comes from ``time_field`` (epoch ms) or the Kafka timestamp. A partit
 watermark is the largest event time it has seen; a window closes once the watermark passes
 its end plus ``lateness_s``, and an event whose window already closed is late: it goes to
 the DLQ (``late="dlq"``, reason ``late_event``) or is dropped (``late="drop"``), and is
-counted either way. Aggregates: ``count``, ``sum``, ``mean``, ``std`` (population),
-``min``, ``max``, ``last``.
+counted either way. Closed windows leave the store when the watermark passes them, for
+every key (:mod:`tidal.features.keyed`). Aggregates (:mod:`tidal.features.aggregates`):
+``count``, ``sum``, ``mean``, ``std`` (population), ``min``, ``max``, ``last``, ``distinct``
+(DataSketches HLL) and user reducers. Sliding and session windows:
+:mod:`tidal.features.sliding`, :mod:`tidal.features.sessions`.
 
 >>> from tidal.stream.batch import Batch
 >>> from tidal.stream.state import StateStore
@@ -31,61 +34,25 @@ counted either way. Aggregates: ``count``, ``sum``, ``mean``, ``std`` (populatio
 
 from __future__ import annotations
 
-import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
-import numpy as np
-
-from tidal.stream.batch import Batch
-from tidal.stream.state import StateStore
-from tidal.stream.step import Step
+from tidal.features.aggregates import AGGREGATES, Agg
+from tidal.features.keyed import KeyedAggregate
 
 __all__ = ["WindowAggregate", "AGGREGATES"]
 
-AGGREGATES = ("count", "sum", "mean", "std", "min", "max", "last")
-_WM = "\x00watermark"  # the partition's watermark, stored beside the keys
 
+class WindowAggregate(KeyedAggregate):
+    """Aggregates ``aggs`` (output name → (field, aggregate), or :class:`Agg`) per ``key`` and window."""
 
-def _value(acc: list[float], agg: str) -> float:
-    n, s, ss, lo, hi, last = acc
-    if agg == "count":
-        return n
-    if agg == "sum":
-        return s
-    if agg == "mean":
-        return s / n
-    if agg == "std":
-        return math.sqrt(max(0.0, ss / n - (s / n) ** 2))
-    if agg == "min":
-        return lo
-    if agg == "max":
-        return hi
-    return last
-
-
-class WindowAggregate(Step):
-    """Aggregates of ``aggs`` (output name → (field, aggregate)) per ``key`` and window."""
-
-    error_reason = "window_error"
-
-    def __init__(self, key: str, aggs: Mapping[str, tuple[str, str]], window_s: float | None = None,
+    def __init__(self, key: str, aggs: Mapping[str, Any] | Sequence[Agg], window_s: float | None = None,
                  hop_s: float | None = None, time_field: str | None = None, lateness_s: float = 0.0,
-                 late: str = "dlq", name: str = "window") -> None:
-        for out, (_field, agg) in aggs.items():
-            if agg not in AGGREGATES:
-                raise ValueError(f"{out}: unknown aggregate {agg!r}; use one of {AGGREGATES}")
+                 late: str = "dlq", name: str = "window", **state: Any) -> None:
         if hop_s is not None and (window_s is None or not 0 < hop_s <= window_s):
             raise ValueError("hop_s needs window_s and must be in (0, window_s]")
-        if late not in ("dlq", "drop"):
-            raise ValueError("late must be 'dlq' or 'drop'")
-        self.key, self.aggs = key, dict(aggs)
+        super().__init__(key, aggs, time_field, lateness_s, late, name, **state)
         self.window_ms = None if window_s is None else int(window_s * 1000)
         self.hop_ms = None if hop_s is None else int(hop_s * 1000)
-        self.time_field, self.lateness_ms, self.late = time_field, int(lateness_s * 1000), late
-        self.name = self.state_name = name
-        self.state_store: StateStore | None = None  # given by the worker (changelog-backed)
-        self.late_events = 0
-        self._fields = sorted({f for f, _a in self.aggs.values()})
 
     def _starts(self, t: int) -> list[int]:
         """Start of every window containing ``t``, earliest first."""
@@ -98,69 +65,53 @@ class WindowAggregate(Step):
         first = last - ((w - 1) // h) * h
         return [s for s in range(first, last + 1, h) if s <= t < s + w]
 
-    def process(self, batch: Batch) -> Batch:
-        if self.state_store is None:
-            self.state_store = StateStore(self.name)  # in memory only: outside a worker (tests, replays)
-        n = len(batch)
-        times = (batch.column(self.time_field).astype(np.int64) if self.time_field else batch.timestamps).tolist()
-        keys = [str(k) for k in batch.column(self.key).tolist()]
-        values = [(f, batch.column(f).astype(np.float64).tolist()) for f in self._fields]
-        out = {name: np.full(n, np.nan) for name in self.aggs}
-        outputs = [(f, agg, out[name]) for name, (f, agg) in self.aggs.items()]
-        late = np.zeros(n, dtype=bool)
+    def _add(self, windows: Any, t: int, watermark: int, cols: dict[str, Any],
+             i: int) -> tuple[Any, list[float], int | None] | None:
         w, lateness = self.window_ms, self.lateness_ms
-        marks: dict[int, int] = {}  # watermark per partition, written back once per batch
-        for i, (key, t, p) in enumerate(zip(keys, times, batch.partitions.tolist())):
-            part = self.state_store.partition(p)
-            watermark = marks.get(p)
-            if watermark is None:
-                watermark = marks[p] = part.get(_WM, -(1 << 62))
-            starts = self._starts(t)
-            if w is not None and starts[-1] + w + lateness <= watermark:
-                late[i] = True  # even its latest window has closed
-                continue
-            windows = part.data.get(key)
+        if w is not None and self.hop_ms is None:  # tumbling: one window (the hot path)
+            start = t - t % w
+            if start + w + lateness <= watermark:
+                return None
+            sk = str(start)
             if windows is None:
-                windows = {}
-            first = None
-            for start in starts:
-                if w is not None and start + w + lateness <= watermark:
-                    continue  # this window closed; a later one still takes the event
-                sk = str(start)
-                first = first or sk
+                accs: dict[str, Any] = {}
+                windows = {sk: accs}
+            else:
                 accs = windows.get(sk)
                 if accs is None:
                     accs = windows[sk] = {}
-                for f, vals in values:  # one accumulator per field, shared by its aggregates
-                    x = vals[i]
-                    acc = accs.get(f)
-                    if acc is None:
-                        accs[f] = [1, x, x * x, x, x, x]
-                    else:
-                        acc[0] += 1
-                        acc[1] += x
-                        acc[2] += x * x
-                        if x < acc[3]:
-                            acc[3] = x
-                        if x > acc[4]:
-                            acc[4] = x
-                        acc[5] = x
-            firsts = windows[first]
-            for f, agg, col in outputs:
-                col[i] = _value(firsts[f], agg)
-            if t > watermark:
-                watermark = marks[p] = t
-            if w is not None and len(windows) > len(starts):  # forget windows that closed for good
-                windows = {s: a for s, a in windows.items() if int(s) + w + lateness > watermark}
-            part.set(key, windows)
-        for p, mark in marks.items():
-            self.state_store.partition(p).set(_WM, mark)
-        for name, col in out.items():
-            batch.with_column(name, col)
-        if late.any():
-            self.late_events += int(late.sum())
-            if self.late == "dlq":
-                return batch.reject(late, "late_event", f"event time older than the watermark minus "
-                                    f"{lateness / 1000:g}s lateness", self.name)
-            return batch.select(~late)
-        return batch
+                if len(windows) > 1:
+                    windows = self._prune(windows, max(watermark, t))  # forget windows that closed for good
+            self.agg.add(accs, cols, i)
+            return windows, self.agg.results(accs), self._expiry(windows) if len(windows) > 1 else start + w + lateness
+        starts = self._starts(t)
+        if w is not None and starts[-1] + w + lateness <= watermark:
+            return None  # even its latest window has closed
+        if windows is None:
+            windows = {}
+        first = None
+        for start in starts:
+            if w is not None and start + w + lateness <= watermark:
+                continue  # this window closed; a later one still takes the event
+            sk = str(start)
+            first = first or sk
+            accs = windows.get(sk)
+            if accs is None:
+                accs = windows[sk] = {}
+            self.agg.add(accs, cols, i)
+        result = self.agg.results(windows[first])
+        if w is not None and len(windows) > len(starts):  # forget windows that closed for good
+            windows = self._prune(windows, max(watermark, t))
+        return windows, result, self._expiry(windows)
+
+    def _expiry(self, windows: Any) -> int | None:
+        if self.window_ms is None:
+            return None
+        return min(map(int, windows)) + self.window_ms + self.lateness_ms
+
+    def _prune(self, windows: Any, watermark: int) -> Any:
+        keep = watermark - self.window_ms - self.lateness_ms  # a window closed when start <= keep
+        if all(int(s) > keep for s in windows):
+            return windows
+        left = {s: a for s, a in windows.items() if int(s) > keep}
+        return left or None

@@ -11,11 +11,15 @@
       # or: - deployed: {model: fraud}                   # follow tidal.models: hot-swap, canary, shadow
       - explain: {sample: 0.001, k: 3}                     # top-k contributions on 0.1% of rows
       - window: {key: card_id, time_field: ts, window_s: 3600, aggs: {spend_1h: [amount, sum]}}
+      - sliding: {key: card_id, time_field: ts, window_s: 600, aggs: {n_10m: [amount, count]}}
+      - session: {key: card_id, time_field: ts, gap_s: 1800, lateness_s: 60,
+                  aggs: {merchants: [merchant_category, distinct], p90: [amount, "mypackage.reducers:P90"]}}
       - python: mypackage.steps:flag_large                 # a Step class or a batch -> batch function
         args: {limit: 1000}
     batch: {max_batch: 5000, max_wait_ms: 50}
     exactly_once: false
     kafka: {consumer: {}, producer: {}}                    # extra librdkafka settings
+    state: {backend: rocksdb, path: state}                 # window state in RocksDB (default: memory)
     alerts:                                                # rules on any metric → tidal.alerts
       - {name: dlq_burst, metric: tidal_dlq_total, rate: "> 5", window_s: 30}
       - {name: stalled, metric: tidal_events_in_total, absent_for_s: 120, severity: critical}
@@ -42,7 +46,7 @@ from tidal.stream.step import FunctionStep, Step
 __all__ = ["load_pipeline", "from_dict", "STEP_TYPES"]
 
 _KNOWN = {"pipeline", "name", "source", "sources", "sink", "dlq", "group", "schema", "steps", "batch",
-          "exactly_once", "partitions", "kafka", "alerts"}
+          "exactly_once", "partitions", "kafka", "alerts", "state"}
 
 
 def _score(args: Mapping[str, Any], base: Path) -> Step:
@@ -105,15 +109,23 @@ STEP_TYPES.update({k: _quality(k) for k in ("quality", "validate", "normalize", 
 STEP_TYPES["anomaly"] = _anomaly
 
 
-def _window(args: Mapping[str, Any], base: Path) -> Step:
-    from tidal.features.windows import WindowAggregate
+def _windowed(kind: str) -> Callable[..., Step]:
+    """``window`` (tumbling/hopping), ``sliding`` and ``session`` steps; ``aggs`` as
+    :func:`tidal.features.aggregates.normalize` reads them: ``name: [field, agg]``,
+    ``name: [field, distinct, {lg_k: 14}]``, ``name: [field, "module:Reducer"]`` or
+    ``name: {field: .., agg: ..}`` / ``{field: .., reducer: ..}``."""
 
-    args = dict(args)
-    aggs = {name: tuple(spec) for name, spec in dict(args.pop("aggs")).items()}
-    return WindowAggregate(args.pop("key"), aggs, **args)
+    def make(args: Mapping[str, Any], base: Path) -> Step:
+        from tidal.features import SessionAggregate, SlidingAggregate, WindowAggregate
+
+        cls = {"window": WindowAggregate, "sliding": SlidingAggregate, "session": SessionAggregate}[kind]
+        args = dict(args)
+        return cls(args.pop("key"), dict(args.pop("aggs")), **args)
+
+    return make
 
 
-STEP_TYPES["window"] = _window
+STEP_TYPES.update({k: _windowed(k) for k in ("window", "sliding", "session")})
 
 
 def _sql(args: Mapping[str, Any], base: Path) -> Step:
@@ -164,6 +176,30 @@ def _steps(entries: list[Mapping[str, Any]], base: Path) -> list[Step]:
     return steps
 
 
+def _state(steps: list[Step], state: Mapping[str, Any], name: str, base: Path) -> None:
+    """``state: {backend: rocksdb, path: state}``: the backend of every window step that names none.
+
+    ``path`` (relative to the YAML file; default ``$TIDAL_HOME/state/<pipeline>``) holds the
+    scratch databases; the changelog topics stay the record of truth.
+    """
+    from tidal.broker.embedded import tidal_home
+    from tidal.features.keyed import KeyedAggregate
+    from tidal.stream.state import BACKENDS
+
+    unknown = set(state) - {"backend", "path"}
+    if unknown:
+        raise ValueError(f"unknown state keys {sorted(unknown)}; known: ['backend', 'path']")
+    backend = state.get("backend", "memory")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown state backend {backend!r}; use one of {BACKENDS}")
+    path = Path(state["path"]) if state.get("path") else tidal_home() / "state" / name
+    for step in steps:
+        if isinstance(step, KeyedAggregate) and step.state_backend is None:
+            step.state_backend = backend
+            if step.state_path is None:
+                step.state_path = str(path if path.is_absolute() else base / path)
+
+
 def from_dict(spec: Mapping[str, Any], base: str | Path = ".") -> Pipeline:
     """A :class:`Pipeline` from the YAML structure above (``base``: folder for relative paths)."""
     unknown = set(spec) - _KNOWN
@@ -176,9 +212,12 @@ def from_dict(spec: Mapping[str, Any], base: str | Path = ".") -> Pipeline:
     sources = spec.get("sources") or spec.get("source")
     batch = spec.get("batch") or {}
     kafka = spec.get("kafka") or {}
+    steps = _steps(spec.get("steps") or [], base)
+    if spec.get("state"):
+        _state(steps, spec["state"], name, base)
     return Pipeline(
         name=name,
-        steps=_steps(spec.get("steps") or [], base),
+        steps=steps,
         schema=Schema.from_dict(spec["schema"]) if spec.get("schema") else None,
         sources=[sources] if isinstance(sources, str) else sources,
         sink=spec.get("sink"),

@@ -14,6 +14,12 @@ the compacted topic ``<pipeline>.<state_name>.changelog``.
   is processed again. This keeps state exact after ``kill -9`` even where the broker does not
   hide aborted transactions.
 
+Two backends keep the same semantics: ``memory`` (a dict per partition, the default) and
+``rocksdb`` (a RocksDB database per partition through ``rocksdict``, for state larger than
+memory; see :mod:`tidal.stream.rocks`). Values are JSON-serialisable, plus :class:`Opaque`
+leaves (sketches, reducer states) that travel as bytes and come back as ``{"$b": base64}``,
+for the step that owns them to revive (:func:`opaque_bytes`).
+
 >>> store = StateStore("counts")
 >>> part = store.partition(0)
 >>> part.set("card-1", 3); part.get("card-1"), part.get("card-2", 0)
@@ -24,6 +30,7 @@ the compacted topic ``<pipeline>.<state_name>.changelog``.
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
 from typing import Any, Iterator
@@ -33,15 +40,52 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from tidal.config import KafkaSettings
 
-__all__ = ["PartitionState", "StateStore", "restore_partitions", "DELETED"]
+__all__ = ["PartitionState", "StateStore", "restore_partitions", "apply_record", "encode_value", "opaque_bytes",
+           "Opaque", "DELETED", "BACKENDS"]
 
 log = logging.getLogger("tidal.state")
 
 DELETED = object()
+BACKENDS = ("memory", "rocksdb")
+_BYTES = "$b"
+
+
+class Opaque:
+    """A state leaf held as a live object in memory and written as bytes (``to_bytes``)."""
+
+    __slots__ = ()
+
+    def to_bytes(self) -> bytes:
+        raise NotImplementedError
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, Opaque):
+        obj = obj.to_bytes()
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return {_BYTES: base64.b64encode(obj).decode()}
+    raise TypeError(f"state values must be JSON-serialisable or Opaque, not {type(obj).__name__}")
+
+
+def encode_value(value: Any) -> bytes:
+    """JSON bytes of a state value; :class:`Opaque` leaves and bytes become ``{"$b": base64}``."""
+    return orjson.dumps(value, default=_default)
+
+
+def opaque_bytes(value: Any) -> bytes | None:
+    """The bytes of an encoded opaque leaf (as restored from a changelog), else None."""
+    if isinstance(value, dict) and _BYTES in value:
+        return base64.b64decode(value[_BYTES])
+    return None
 
 
 class PartitionState:
-    """The state of one partition: a dict of JSON-serialisable values with change tracking."""
+    """The state of one partition in memory: a dict of values with change tracking.
+
+    Every backend's partition offers the same methods: ``get``/``set``/``delete``/``items``/
+    ``len`` for steps (always ``set`` a value again after changing it), and ``load``/``unload``/
+    ``clear``/``take_dirty``/``flush``/``close`` for the store and restore.
+    """
 
     __slots__ = ("data", "dirty")
 
@@ -60,26 +104,88 @@ class PartitionState:
         if self.data.pop(key, DELETED) is not DELETED:
             self.dirty.add(key)
 
+    def items(self) -> Iterator[tuple[str, Any]]:
+        return iter(list(self.data.items()))
+
+    def load(self, key: str, value: Any) -> None:
+        """Set without recording a change (restore)."""
+        self.data[key] = value
+
+    def unload(self, key: str) -> None:
+        """Delete without recording a change (restore)."""
+        self.data.pop(key, None)
+
+    def clear(self) -> None:
+        self.data.clear()
+        self.dirty.clear()
+
+    def take_dirty(self) -> list[tuple[str, Any]]:
+        """(key, value or DELETED) of every key changed since the last call."""
+        out = [(k, self.data.get(k, DELETED)) for k in self.dirty]
+        self.dirty = set()
+        return out
+
+    def flush(self) -> None:
+        """Write buffered changes to storage (nothing to write in memory)."""
+
+    def close(self, destroy: bool = False) -> None:
+        """Release resources (nothing to release in memory)."""
+
     def __len__(self) -> int:
         return len(self.data)
 
 
 class StateStore:
-    """All partitions of one named state held by this worker."""
+    """All partitions of one named state held by this worker, in ``backend`` (``memory``/``rocksdb``).
 
-    def __init__(self, name: str, changelog: str | None = None) -> None:
+    ``path``: the folder under which the ``rocksdb`` backend makes a fresh scratch folder per
+    store (default: the system temp folder); the changelog stays the record of truth.
+    """
+
+    def __init__(self, name: str, changelog: str | None = None, backend: str = "memory",
+                 path: str | None = None) -> None:
         self.name = name
         self.changelog = changelog or f"{name}.changelog"
-        self.partitions: dict[int, PartitionState] = {}
+        self.partitions: dict[int, Any] = {}
+        self._root: Any = None
+        self.use_backend(backend, path)
 
-    def partition(self, p: int) -> PartitionState:
+    def use_backend(self, backend: str, path: str | None = None) -> None:
+        """Choose the backend; only while the store holds no partition yet."""
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown state backend {backend!r}; use one of {BACKENDS}")
+        if self.partitions:
+            raise RuntimeError(f"state {self.name!r} already holds partitions: choose its backend first")
+        if backend == "rocksdb":
+            from tidal.stream.rocks import RocksPartition  # noqa: F401 - fail here if rocksdict is missing
+        self.backend, self.path = backend, path
+
+    def partition(self, p: int) -> Any:
         part = self.partitions.get(p)
         if part is None:
-            part = self.partitions[p] = PartitionState()
+            if self.backend == "memory":
+                part = PartitionState()
+            else:
+                from tidal.stream.rocks import RocksPartition, scratch_root
+
+                if self._root is None:
+                    self._root = scratch_root(self.name, self.path)
+                part = RocksPartition(self._root.path / f"p{p}")
+            self.partitions[p] = part
         return part
 
     def drop(self, p: int) -> None:
-        self.partitions.pop(p, None)
+        part = self.partitions.pop(p, None)
+        if part is not None:
+            part.close(destroy=True)
+
+    def close(self) -> None:
+        """Drop every partition (and the rocksdb scratch folder)."""
+        for p in list(self.partitions):
+            self.drop(p)
+        if self._root is not None:
+            self._root.cleanup()
+            self._root = None
 
     def size(self) -> int:
         return sum(len(p) for p in self.partitions.values())
@@ -87,18 +193,35 @@ class StateStore:
     def take_changes(self) -> Iterator[tuple[int, str, Any]]:
         """(partition, key, value or DELETED) for every key changed since the last call."""
         for p, part in self.partitions.items():
-            if part.dirty:
-                for key in part.dirty:
-                    yield p, key, part.data.get(key, DELETED)
-                part.dirty = set()
+            for key, value in part.take_dirty():
+                yield p, key, value
 
     def changelog_records(self, stamps: dict[int, int]) -> list[tuple[int, bytes, bytes]]:
         """(partition, key, value) to produce; ``stamps[p]`` is the batch's next source offset."""
         out = []
         for p, key, value in self.take_changes():
             record = {"o": stamps.get(p, -1), "d": 1} if value is DELETED else {"o": stamps.get(p, -1), "v": value}
-            out.append((p, key.encode(), orjson.dumps(record)))
+            out.append((p, key.encode(), encode_value(record)))
         return out
+
+
+def apply_record(part: Any, key: bytes, value: bytes | None, committed: int) -> bool:
+    """Apply one changelog record to a partition being restored; False if skipped.
+
+    A record stamped past ``committed`` (the source partition's committed offset, -1 if none)
+    was written by a batch whose offsets never committed, and is skipped.
+    """
+    if value is None:  # a tombstone left by compaction tooling
+        part.unload(key.decode())
+        return False
+    record = orjson.loads(value)
+    if record["o"] > committed:
+        return False
+    if record.get("d"):
+        part.unload(key.decode())
+    else:
+        part.load(key.decode(), record["v"])
+    return True
 
 
 def restore_partitions(settings: KafkaSettings, store: StateStore, committed: dict[int, int],
@@ -111,9 +234,7 @@ def restore_partitions(settings: KafkaSettings, store: StateStore, committed: di
     if not committed:
         return 0
     for p in committed:
-        part = store.partition(p)
-        part.data.clear()
-        part.dirty.clear()
+        store.partition(p).clear()
     c = Consumer(settings.client_config({"group.id": f"tidal.restore.{store.name}", "enable.auto.commit": False,
                                          "enable.partition.eof": True, "isolation.level": "read_committed",
                                          "log_level": 3}))
@@ -133,19 +254,9 @@ def restore_partitions(settings: KafkaSettings, store: StateStore, committed: di
                         waiting.discard(p)
                         continue
                     raise RuntimeError(f"restore {store.changelog}[{p}]: {err.str()}")
-                data = store.partitions[p].data
-                value = m.value()
-                if value is None:
-                    data.pop(m.key().decode(), None)
-                    continue
-                record = orjson.loads(value)
-                if record["o"] > committed[p]:
-                    continue  # written by a batch whose offsets never committed (none did, if -1)
-                if record.get("d"):
-                    data.pop(m.key().decode(), None)
-                else:
-                    data[m.key().decode()] = record["v"]
-                applied += 1
+                applied += apply_record(store.partitions[p], m.key(), m.value(), committed[p])
+        for p in committed:
+            store.partitions[p].flush()
         return applied
     finally:
         c.close()
