@@ -45,8 +45,10 @@ def _serve(runner, metrics_port: int) -> None:
 
 def run_source(source, topic: str, bootstrap: Optional[str], kafka_config: Optional[str], *,
                dlq: Optional[str] = None, partitions: int = 4, batch_size: int = 1000,
-               metrics_port: int = 0, idle_exit: Optional[float] = None, position_file=None) -> None:
-    """Run ``source`` into ``topic`` with the shared delivery (see :mod:`tidal.connect.source`)."""
+               metrics_port: int = 0, idle_exit: Optional[float] = None, position_file=None,
+               until=None) -> None:
+    """Run ``source`` into ``topic`` with the shared delivery (see :mod:`tidal.connect.source`);
+    ``until()`` true stops it (e.g. a source that has read everything)."""
     from tidal.connect import SourceRunner
 
     runner = SourceRunner(source, _settings(bootstrap, kafka_config), topic, dlq=dlq, partitions=partitions,
@@ -55,7 +57,7 @@ def run_source(source, topic: str, bootstrap: Optional[str], kafka_config: Optio
     runner.start()
     typer.echo(f"{source.name}: {source.kind} → {topic} (dead letters: {runner.dlq}; position: "
                f"{runner.positions.path})", err=True)
-    runner.run(idle_exit_s=idle_exit)
+    runner.run(idle_exit_s=idle_exit, until=until)
     typer.echo(f"{source.name}: stopped at position {runner.position!r}", err=True)
 
 
@@ -72,3 +74,7 @@ def run_sink(sink, topics: list[str], bootstrap: Optional[str], kafka_config: Op
                f"{runner.dlq})", err=True)
     runner.run(idle_exit_s=idle_exit)
     typer.echo(f"{sink.name}: stopped after writing {runner.written} records", err=True)
+
+
+import tidal.cli.connect_files  # noqa: E402,F401
+import tidal.cli.connect_http  # noqa: E402,F401

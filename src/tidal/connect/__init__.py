@@ -7,6 +7,8 @@ guarantees, dead-letter topic, back-off while the outside system is down, and me
 
 from tidal.connect.backoff import Backoff
 from tidal.connect.base import BadRecord, RecordsRejected, Sink, SinkRecord, Source, SourceRecord, Unavailable
+from tidal.connect.file_sink import FileSink
+from tidal.connect.file_source import FileSource
 from tidal.connect.metrics import ConnectorMetrics
 from tidal.connect.positions import PositionFile, default_position_path
 from tidal.connect.sink import SinkRunner
@@ -14,3 +16,4 @@ from tidal.connect.source import SourceRunner
 
 __all__ = ["Source", "Sink", "SourceRecord", "SinkRecord", "BadRecord", "Unavailable", "RecordsRejected",
            "SourceRunner", "SinkRunner", "PositionFile", "default_position_path", "ConnectorMetrics", "Backoff"]
+__all__ += ["FileSource", "FileSink"]
