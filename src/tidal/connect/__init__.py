@@ -10,10 +10,13 @@ from tidal.connect.base import BadRecord, RecordsRejected, Sink, SinkRecord, Sou
 from tidal.connect.file_sink import FileSink
 from tidal.connect.file_source import FileSource
 from tidal.connect.metrics import ConnectorMetrics
+from tidal.connect.postgres_sink import PostgresSink
+from tidal.connect.postgres_source import PostgresSource
 from tidal.connect.positions import PositionFile, default_position_path
 from tidal.connect.sink import SinkRunner
 from tidal.connect.source import SourceRunner
 
 __all__ = ["Source", "Sink", "SourceRecord", "SinkRecord", "BadRecord", "Unavailable", "RecordsRejected",
            "SourceRunner", "SinkRunner", "PositionFile", "default_position_path", "ConnectorMetrics", "Backoff"]
+__all__ += ["PostgresSource", "PostgresSink"]
 __all__ += ["FileSource", "FileSink"]
