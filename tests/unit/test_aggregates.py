@@ -22,13 +22,13 @@ class Quantile(Reducer):
         return []
 
     def update(self, state, values):
-        return state + values.tolist()
+        return state + values[~np.isnan(values)].tolist()  # (JSON would turn NaN into null)
 
     def merge(self, a, b):
         return a + b
 
     def result(self, state):
-        return float(np.quantile(state, self.q))
+        return float(np.quantile(state, self.q)) if state else float("nan")
 
 
 class SumOfSquares:
@@ -38,7 +38,7 @@ class SumOfSquares:
         return 0.0
 
     def update(self, state, values):
-        return state + float(np.square(values).sum())
+        return state + float(np.nansum(np.square(values)))
 
     def result(self, state):
         return state
@@ -53,12 +53,18 @@ class SumOfSquares:
 def events(n=3000, seed=1, jitter=30_000, users=150):
     rng = np.random.default_rng(seed)
     t = np.maximum(0, np.sort(rng.integers(0, 900_000, n)) + rng.integers(-jitter, jitter, n))
-    return [{"k": f"k{rng.integers(0, 6)}", "x": float(np.round(rng.normal(0, 1), 4)),
-             "u": f"user-{rng.integers(0, users)}", "t": int(v)} for v in t]
+    x = np.where(rng.random(n) < 0.03, np.nan, np.round(rng.normal(0, 1), 4))  # 3% missing
+    return [{"k": f"k{rng.integers(0, 6)}", "x": float(xi), "u": f"user-{rng.integers(0, users)}", "t": int(v)}
+            for xi, v in zip(x, t)]
+
+
+def _present(s, v):
+    return s + v[~np.isnan(v)].tolist()
 
 
 AGGS = {"users": ("u", "distinct"), "p90": ("x", Quantile), "ss": ("x", SumOfSquares),
-        "rng": ("x", (list, lambda s, v: s + v.tolist(), lambda s: max(s) - min(s)))}
+        "rng": ("x", (list, _present, lambda s: max(s) - min(s) if s else float("nan"))),
+        "mean": ("x", "mean"), "n": ("x", "count"), "lo": ("x", "min")}
 
 
 def brute_tumbling(rows, window_ms, lateness_ms):
@@ -71,9 +77,11 @@ def brute_tumbling(rows, window_ms, lateness_ms):
         watermark = max(watermark, r["t"])
         seen.append((r["k"], start, r))
         mine = [e for k, s, e in seen if k == r["k"] and s == start]
-        xs = np.array([e["x"] for e in mine])
-        out.append({"users": len({e["u"] for e in mine}), "p90": float(np.quantile(xs, 0.9)),
-                    "ss": float(np.square(xs).sum()), "rng": float(xs.max() - xs.min())})
+        xs = np.array([e["x"] for e in mine if e["x"] == e["x"]])
+        some = len(xs) > 0
+        out.append({"users": len({e["u"] for e in mine}), "p90": float(np.quantile(xs, 0.9)) if some else np.nan,
+                    "ss": float(np.square(xs).sum()), "rng": float(xs.max() - xs.min()) if some else np.nan,
+                    "mean": xs.mean() if some else np.nan, "n": len(xs), "lo": xs.min() if some else np.nan})
     return out
 
 
@@ -95,8 +103,8 @@ def test_distinct_and_reducers_in_tumbling_windows_match_brute_force():
     assert max(w["users"] for w in want if w) > 80  # the sketch's set mode, beyond its smallest (list) one
     for i, values in got:
         assert values["users"] == want[i]["users"]  # a few hundred values: exact in practice
-        for name in ("p90", "ss", "rng"):
-            assert values[name] == pytest.approx(want[i][name], rel=1e-9, abs=1e-9)
+        for name in ("p90", "ss", "rng", "mean", "n", "lo"):
+            assert values[name] == pytest.approx(want[i][name], rel=1e-9, abs=1e-9, nan_ok=True)
 
 
 @pytest.mark.parametrize("n_distinct", [2_000, 50_000])

@@ -2,14 +2,16 @@
 
 An output column is an :class:`Agg`: ``Agg("spend", "amount", "sum")``, or the short form
 ``{"spend": ("amount", "sum")}`` that window steps also take. Built-ins: ``count``, ``sum``,
-``mean``, ``std`` (population), ``min``, ``max``, ``last`` and ``distinct``.
+``mean``, ``std`` (population), ``min``, ``max``, ``last`` and ``distinct``. Missing values
+(None, NaN) are skipped, as SQL aggregates skip NULL: ``count`` is the number of values
+present, ``sum`` of none is 0, the others of none are NaN.
 
 ``distinct`` estimates the number of distinct values with Apache DataSketches' HyperLogLog
 (``hll_sketch``, HLL_4) of ``2**lg_k`` buckets (default ``lg_k=12``: a sketch of at most
 ~2.6 kB; relative standard error 1.3 %, 1.6 % after session merges; within ±3.8 % at three
 standard deviations, :data:`DISTINCT_BOUND_3SD`). Below a few hundred distinct values the
 sketch holds hashes, not buckets, and is exact in practice. The estimate is rounded to the
-nearest integer; missing values (None, NaN) are not counted.
+nearest integer.
 
 A **reducer** is a small user aggregate::
 
@@ -20,10 +22,11 @@ A **reducer** is a small user aggregate::
         def merge(self, a, b): return a + b  # only session windows need it
 
 or the tuple ``(init, update, result[, merge])``, or in YAML a ``"module:attr"`` string naming
-one of those. ``update`` gets a numpy array of the field's new values (one event's, in order)
-and returns the new state. The state must survive a restart, so it goes through the changelog
-as bytes: JSON (lists, dicts, numbers, strings; numpy arrays come back as lists) unless the
-reducer has ``to_bytes(state) -> bytes`` / ``from_bytes(data) -> state`` of its own.
+one of those. ``update`` gets a numpy array of the field's new values (one event's, in order;
+missing ones included, as NaN or None) and returns the new state. The state must survive a
+restart, so it goes through the changelog as bytes: JSON (lists, dicts, numbers, strings; numpy
+arrays come back as lists, NaN as None) unless the reducer has ``to_bytes(state) -> bytes`` /
+``from_bytes(data) -> state`` of its own.
 
 >>> import numpy as np
 >>> spread = Agg("spread", "x", reducer=(list, lambda s, v: s + v.tolist(), lambda s: max(s) - min(s)))
@@ -213,18 +216,24 @@ def _missing(x: Any) -> bool:
 # What Aggregator.add does per event, per slot (names in braces: variables of the generated function).
 _ADD_NUMERIC = """\
     x = cols[{f}][i]
-    a = accs.get({f})
-    if a is None:
-        accs[{f}] = [1, x, x * x, x, x, x]
-    else:
-        a[0] += 1
-        a[1] += x
-        a[2] += x * x
-        if x < a[3]:
-            a[3] = x
-        if x > a[4]:
-            a[4] = x
-        a[5] = x"""
+    if x == x:
+        a = accs.get({f})
+        if a is None:
+            accs[{f}] = [1, x, x * x, x, x, x]
+        else:
+            a[0] += 1
+            a[1] += x
+            a[2] += x * x
+            if x < a[3]:
+                a[3] = x
+            if x > a[4]:
+                a[4] = x
+            a[5] = x"""
+_ADD_COUNT = """\
+    x = cols[{col}][i]
+    if not (x is None or (isinstance(x, float) and x != x)):
+        accs[{slot}] = accs.get({slot}, 0) + 1"""
+_EMPTY = (0, 0.0, 0.0, math.nan, math.nan, math.nan)  # a numeric accumulator of no values
 _ADD_SKETCH = """\
     x = cols[{col}][i]
     sk = sketch(accs, {slot}, {lg_k})
@@ -239,26 +248,28 @@ class Aggregator:
     """Accumulators for a list of :class:`Agg`: one dict of slots per window.
 
     Slots: a field's ``[n, sum, sum of squares, min, max, last]`` (shared by its built-in
-    aggregates), ``#n`` the event count when no such field holds it, ``#d<lg_k>:<field>`` a
+    aggregates; missing values leave it alone), ``#n:<field>`` the count of a field that only
+    ``count`` reads, ``#d<lg_k>:<field>`` a
     :class:`Sketch`, ``#r:<name>`` a :class:`Reduced`.
     """
 
     def __init__(self, aggs: Sequence[Agg]) -> None:
         self.aggs = list(aggs)
         self.numeric = sorted({a.field for a in self.aggs if a.agg in NUMERIC and a.agg != "count"})
-        self.counter = any(a.agg == "count" and a.field not in self.numeric for a in self.aggs)
+        self.counted = sorted({a.field for a in self.aggs if a.agg == "count" and a.field not in self.numeric})
         self.sketches = sorted({(f"#d{a.lg_k}:{a.field}", a.field, a.lg_k) for a in self.aggs if a.agg == "distinct"})
         self.reducers = [(f"#r:{a.name}", a.field, a.reducer) for a in self.aggs if a.reducer is not None]
         self.fields = sorted({a.field for a in self.aggs})
         self.names = [a.name for a in self.aggs]
         self._outputs = [self._slot(a) for a in self.aggs]
+        self._dtypes: dict[str, np.dtype] = {}
         # add(accs, cols, i): event i of cols (from columns()) into the accumulators accs, in place;
         # results(accs): the output values, in the order of the aggs. Generated: the hot path.
         self.add, self.results = self._compile()
 
     def _slot(self, a: Agg) -> tuple[str, str | None]:
         if a.agg == "count":
-            return (a.field, "count") if a.field in self.numeric else ("#n", "#n")
+            return (a.field, "count") if a.field in self.numeric else ("#n:" + a.field, "#n")
         if a.agg in NUMERIC:
             return a.field, a.agg
         return (f"#d{a.lg_k}:{a.field}" if a.agg == "distinct" else f"#r:{a.name}"), None
@@ -267,21 +278,26 @@ class Aggregator:
         """Per-field values for :meth:`add`: floats for numeric fields, Python values for sketches."""
         col = get.__getitem__ if isinstance(get, Mapping) else get
         out: dict[str, Any] = {f: np.asarray(col(f), dtype=np.float64).tolist() for f in self.numeric}
+        for f in self.counted:
+            out["#n" + f] = np.asarray(col(f)).tolist()
         for _slot, f, _k in self.sketches:
             out["#d" + f] = np.asarray(col(f)).tolist()
         for _slot, f, _r in self.reducers:
-            out["#r" + f] = np.asarray(col(f))
+            out["#r" + f] = values = np.asarray(col(f))
+            self._dtypes["#r" + f] = values.dtype  # for raw values read back from JSON (over)
         return out
 
     def _compile(self) -> tuple[Callable[..., None], Callable[..., list[float]]]:
         """``add`` and ``results`` as straight-line functions for these aggs (the hot path)."""
-        env: dict[str, Any] = {"math": math, "sketch": self._sketch, "reduced": self._reduced, "round": round}
+        env: dict[str, Any] = {"math": math, "sketch": self._sketch, "reduced": self._reduced, "round": round,
+                               "nan": math.nan, "EMPTY": _EMPTY}
         add = ["def add(accs, cols, i):"]
         for j, f in enumerate(self.numeric):
             env[f"f{j}"] = f
             add.append(_ADD_NUMERIC.format(f=f"f{j}"))
-        if self.counter:
-            add.append("    accs['#n'] = accs.get('#n', 0) + 1")
+        for j, f in enumerate(self.counted):
+            env[f"ns{j}"], env[f"nc{j}"] = "#n:" + f, "#n" + f
+            add.append(_ADD_COUNT.format(slot=f"ns{j}", col=f"nc{j}"))
         for j, (slot, f, lg_k) in enumerate(self.sketches):
             env[f"ds{j}"], env[f"dc{j}"] = slot, "#d" + f
             add.append(_ADD_SKETCH.format(slot=f"ds{j}", col=f"dc{j}", lg_k=lg_k))
@@ -289,26 +305,29 @@ class Aggregator:
             env[f"rs{j}"], env[f"rc{j}"], env[f"r{j}"] = slot, "#r" + f, r
             add.append(_ADD_REDUCER.format(slot=f"rs{j}", col=f"rc{j}", r=f"r{j}"))
         add.append("    return None")
-        values = []
+        values, local = [], ["def results(accs):"]
+        for j, f in enumerate(self.numeric):  # a field with no value yet has no accumulator
+            local.append(f"    a{j} = accs.get(f{j}, EMPTY)")
         for j, ((slot, agg), a) in enumerate(zip(self._outputs, self.aggs)):
             env[f"o{j}"] = slot
-            acc = f"accs[o{j}]"
+            acc = f"a{self.numeric.index(slot)}" if agg not in (None, "#n") else f"accs[o{j}]"
             if agg == "#n":
-                values.append(acc)
+                values.append(f"accs.get(o{j}, 0)")
             elif agg == "count":
                 values.append(f"{acc}[0]")
             elif agg in ("sum", "min", "max", "last"):
                 values.append(f"{acc}[{ {'sum': 1, 'min': 3, 'max': 4, 'last': 5}[agg] }]")
             elif agg == "mean":
-                values.append(f"{acc}[1] / {acc}[0]")
+                values.append(f"({acc}[1] / {acc}[0] if {acc}[0] else nan)")
             elif agg == "std":
-                values.append(f"math.sqrt(max(0.0, {acc}[2] / {acc}[0] - ({acc}[1] / {acc}[0]) ** 2))")
+                var = f"max(0.0, {acc}[2] / {acc}[0] - ({acc}[1] / {acc}[0]) ** 2)"
+                values.append(f"(math.sqrt({var}) if {acc}[0] else nan)")
             elif a.reducer is None:
                 values.append(f"round(sketch(accs, o{j}, {a.lg_k}).hll.get_estimate())")
             else:
                 env[f"q{j}"] = a.reducer
                 values.append(f"q{j}.result(reduced(accs, o{j}, q{j}).state)")
-        results = ["def results(accs):", f"    return [{', '.join(values)}]"]
+        results = [*local, f"    return [{', '.join(values)}]"]
         exec("\n".join(add + results), env)  # noqa: S102 - generated from the names above, quoted by reference
         return env["add"], env["results"]
 
@@ -331,10 +350,16 @@ class Aggregator:
         """One accumulator for the events of both (session merges); ``last`` is ``b``'s."""
         out: dict[str, Any] = {}
         for f in self.numeric:
-            x, y = a[f], b[f]
+            x, y = a.get(f), b.get(f)
+            if x is None or y is None:
+                if x is not None or y is not None:
+                    out[f] = list(x if y is None else y)
+                continue
             out[f] = [x[0] + y[0], x[1] + y[1], x[2] + y[2], min(x[3], y[3]), max(x[4], y[4]), y[5]]
-        if self.counter:
-            out["#n"] = a["#n"] + b["#n"]
+        for f in self.counted:
+            n = a.get("#n:" + f, 0) + b.get("#n:" + f, 0)
+            if n:
+                out["#n:" + f] = n
         for slot, _f, lg_k in self.sketches:
             u = hll_union(lg_k)
             u.update(self._sketch(a, slot, lg_k).hll)
@@ -348,22 +373,24 @@ class Aggregator:
         """Event ``i``'s JSON-able values, one per column of :meth:`columns` (to keep raw events)."""
         return [_plain(cols[k][i]) for k in cols]
 
-    def over(self, values: Mapping[str, Sequence[Any]], n: int) -> list[float]:
-        """The output values over ``n`` raw events (arrival order), from scratch.
+    def over(self, values: Mapping[str, Sequence[Any]]) -> list[float]:
+        """The output values over some raw events, from scratch.
 
-        ``values``: each column of :meth:`columns` restricted to those events.
+        ``values``: each column of :meth:`columns` restricted to those events (arrival order).
         """
         accs: dict[str, Any] = {}
         for f in self.numeric:
-            x = np.asarray(values[f], dtype=np.float64)
-            accs[f] = [float(n), float(x.sum()), float((x * x).sum()), float(x.min()), float(x.max()), float(x[-1])]
-        if self.counter:
-            accs["#n"] = n
+            x = [v for v in values[f] if v is not None and v == v]  # (NaN comes back from JSON as None)
+            if x:
+                accs[f] = [len(x), math.fsum(x), math.fsum([v * v for v in x]), min(x), max(x), x[-1]]
+        for f in self.counted:
+            accs["#n:" + f] = sum(not _missing(v) for v in values["#n" + f])
         for slot, f, lg_k in self.sketches:
             sk = self._sketch(accs, slot, lg_k)
             for x in values["#d" + f]:
                 if not _missing(x):
                     sk.hll.update(x)
         for slot, f, r in self.reducers:
-            accs[slot] = Reduced(r, r.update(r.init(), np.asarray(values["#r" + f])))
+            # a float column's NaN comes back from JSON as None: its dtype makes it NaN again
+            accs[slot] = Reduced(r, r.update(r.init(), np.asarray(values["#r" + f], dtype=self._dtypes.get("#r" + f))))
         return self.results(accs)

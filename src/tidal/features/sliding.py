@@ -11,9 +11,11 @@ reaches ``e + window + lateness`` — no later event can be accepted with ``e`` 
 — and a key with nothing left is deleted (a changelog tombstone). An event is late when
 ``t + lateness`` is older than the watermark (``t + lateness < watermark``, the moment its
 window's end passed by more than the lateness); it goes to the DLQ or is dropped, and is
-counted, like in the other windows. Aggregates are computed from the raw events (numpy over
-the window's values; ``distinct`` builds a fresh sketch), so any :class:`~tidal.features.
-aggregates.Agg`, user reducers included (no ``merge`` needed), works.
+counted, like in the other windows. Aggregates are computed from the raw events in the window
+(``distinct`` builds a fresh sketch, a reducer updates a fresh state with the window's values
+in arrival order), so every :class:`~tidal.features.aggregates.Agg` works, user reducers
+included (no ``merge`` needed). The cost of an event grows with the number of its key's events
+in the window.
 
 >>> from tidal.stream.batch import Batch
 >>> step = SlidingAggregate("card", {"spend": ("amount", "sum"), "n": ("amount", "count")},
@@ -29,8 +31,6 @@ aggregates.Agg`, user reducers included (no ``merge`` needed), works.
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
-
-import numpy as np
 
 from tidal.features.aggregates import Agg
 from tidal.features.keyed import KeyedAggregate
@@ -64,23 +64,31 @@ class SlidingAggregate(KeyedAggregate):
             events[0].append(t)
             for column, v in zip(events[1:], row):
                 column.append(v)
-        times = np.asarray(events[0], dtype=np.int64)
-        keep = times + (self.window_ms + self.lateness_ms) > max(watermark, t)
-        if not keep.all():  # no event accepted from now on can have these in its window
-            idx = np.flatnonzero(keep).tolist()
-            events = [[column[j] for j in idx] for column in events]
-            times = times[keep]
-        idx = np.flatnonzero((times > t - self.window_ms) & (times <= t)).tolist()
-        values = {name: [column[j] for j in idx] for name, column in zip(cols, events[1:])}
-        return events, self.agg.over(values, len(idx)), int(times.min()) + self.window_ms + self.lateness_ms
+        times = events[0]
+        horizon = max(watermark, t) - self.window_ms - self.lateness_ms
+        oldest = min(times)
+        if oldest <= horizon:  # no event accepted from now on can have these in its window
+            events = _keep(events, [j for j, e in enumerate(times) if e > horizon])
+            times = events[0]
+            oldest = min(times)
+        lo = t - self.window_ms
+        idx = [j for j, e in enumerate(times) if lo < e <= t]
+        if len(idx) == len(times):
+            values = dict(zip(cols, events[1:]))
+        else:
+            values = {name: [column[j] for j in idx] for name, column in zip(cols, events[1:])}
+        return events, self.agg.over(values), oldest + self.window_ms + self.lateness_ms
 
     def _expiry(self, events: Any) -> int | None:
         return min(events[0]) + self.window_ms + self.lateness_ms
 
     def _prune(self, events: Any, watermark: int) -> Any:
-        times = np.asarray(events[0], dtype=np.int64)
-        keep = times + (self.window_ms + self.lateness_ms) > watermark
-        if keep.all():
+        horizon = watermark - self.window_ms - self.lateness_ms
+        if min(events[0]) > horizon:
             return events
-        idx = np.flatnonzero(keep).tolist()
-        return [[column[j] for j in idx] for column in events] if idx else None
+        idx = [j for j, e in enumerate(events[0]) if e > horizon]
+        return _keep(events, idx) if idx else None
+
+
+def _keep(events: list[list[Any]], idx: list[int]) -> list[list[Any]]:
+    return [[column[j] for j in idx] for column in events]
