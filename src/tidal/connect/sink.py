@@ -64,11 +64,12 @@ class SinkRunner:
         self._producer = Producer(self.settings.client_config({
             "enable.idempotence": True, "acks": "all", "linger.ms": 5, "log_level": 3,
             "client.id": f"tidal-sink-{self.sink.name}"}))
+        tuning = {"auto.offset.reset": "earliest", "partition.assignment.strategy": "cooperative-sticky",
+                  "session.timeout.ms": 10000, "heartbeat.interval.ms": 1000, "max.poll.interval.ms": 300000,
+                  "fetch.wait.max.ms": 100, "client.id": f"tidal-sink-{self.sink.name}", "log_level": 3}
         self._consumer = Consumer(self.settings.client_config({
-            "group.id": self.group, "enable.auto.commit": False, "auto.offset.reset": "earliest",
-            "partition.assignment.strategy": "cooperative-sticky", "session.timeout.ms": 10000,
-            "heartbeat.interval.ms": 1000, "max.poll.interval.ms": 300000, "fetch.wait.max.ms": 100,
-            "client.id": f"tidal-sink-{self.sink.name}", "log_level": 3, **self.consumer_config}))
+            **{k: v for k, v in tuning.items() if k not in self.settings.extra},  # --kafka-config wins
+            "group.id": self.group, "enable.auto.commit": False, **self.consumer_config}))
         self._open_sink()
         self._consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
 
