@@ -35,7 +35,7 @@ def ingest_http(
     server = IngestServer(pipes, _settings(bootstrap, kafka_config), host=host, port=port, timeout_s=timeout,
                           max_in_flight=max_in_flight, max_body_bytes=max_body)
     try:
-        server._bind()
+        server.bind()
     except OSError as exc:
         typer.echo(f"error: cannot listen on {host}:{port}: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -54,6 +53,7 @@ from starlette.routing import Route
 from tidal.config import KafkaSettings
 from tidal.connect.metrics import ConnectorMetrics
 from tidal.quality.schema import Schema
+from tidal.serve.harness import HttpServer
 
 __all__ = ["IngestPipeline", "IngestServer", "IngestError", "load_ingest_pipeline", "validate", "split_body"]
 
@@ -394,8 +394,10 @@ def _keys(pipe: IngestPipeline, rows: list[Any], values: list[bytes]) -> list[by
     return [None if k is None else str(k).encode() for k in raw]
 
 
-class IngestServer:
+class IngestServer(HttpServer):
     """Serve ``pipelines`` on ``host:port`` (0: a free port); :meth:`start` in a thread or :meth:`run`."""
+
+    thread_name = "tidal-ingest-http"
 
     def __init__(self, pipelines: Sequence[IngestPipeline], settings: KafkaSettings, *, host: str = "127.0.0.1",
                  port: int = 8088, timeout_s: float = 10.0, max_in_flight: int = 100_000,
@@ -404,77 +406,16 @@ class IngestServer:
         names = [p.name for p in pipelines]
         if len(set(names)) != len(names):
             raise ValueError(f"pipelines named twice: {names}")
-        self.pipelines, self.host, self.port, self.log_level = list(pipelines), host, port, log_level
+        self.pipelines = list(pipelines)
         self.metrics = IngestMetrics(registry)
         self.gate = KafkaGate(settings, timeout_s=timeout_s, max_in_flight=max_in_flight,
                               producer_config=producer_config, probe_s=probe_s)
-        self.app = create_ingest_app(self.pipelines, self.gate, self.metrics, max_body_bytes=max_body_bytes)
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
-        self._socket: socket.socket | None = None
+        super().__init__(create_ingest_app(self.pipelines, self.gate, self.metrics, max_body_bytes=max_body_bytes),
+                         host, port, log_level)
 
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def _bind(self) -> socket.socket:
-        import uvicorn
-
-        if self._socket is not None:
-            return self._socket
-        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM,
-                             socket.IPPROTO_TCP)  # IPPROTO_TCP: asyncio then sets TCP_NODELAY (see tidal.serve)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        sock.listen(1024)
-        self.port = sock.getsockname()[1]
-        self._socket = sock
-        self._server = uvicorn.Server(uvicorn.Config(self.app, log_level=self.log_level, access_log=False,
-                                                     lifespan="off", timeout_graceful_shutdown=5, backlog=1024))
+    def _starting(self) -> None:
         self.gate.start([(p.topic, p.partitions) for p in self.pipelines])
-        return sock
-
-    def start(self, timeout: float = 10.0) -> "IngestServer":
-        """Serve from a background thread; returns once connections are accepted."""
-        sock = self._bind()
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
-                                        name="tidal-ingest-http", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"ingest server on {self.url} did not start")
-            time.sleep(0.01)
-        return self
-
-    def run(self) -> None:
-        """Serve in the foreground until SIGINT / SIGTERM; answer the requests in flight, then stop."""
-        import signal
-
-        sock = self._bind()
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: setattr(self._server, "should_exit", True))
-        try:
-            self._server.run(sockets=[sock])
-        finally:
-            self._close()
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(10)
-        self._close()
 
     def _close(self) -> None:
         self.gate.close()
-        if self._socket is not None:
-            self._socket.close()
-            self._socket = None
-
-    def __enter__(self) -> "IngestServer":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super()._close()

@@ -19,15 +19,12 @@ reachable), ``/static/...``.
 from __future__ import annotations
 
 import logging
-import signal
-import socket
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import orjson
-import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -36,6 +33,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from tidal.monitor.dashboard.collector import KafkaWatcher, MetricsHistory
+from tidal.serve.harness import HttpServer
 
 __all__ = ["Dashboard", "create_app", "STATIC"]
 
@@ -55,26 +53,24 @@ class _OwnMetrics:
                            registry=self.registry)
 
 
-class Dashboard:
+class Dashboard(HttpServer):
     """Scrape ``targets`` and watch the cluster of ``settings`` (None: no Kafka); serve the page."""
+
+    thread_name = "tidal-dashboard"
+    graceful_s = 2.0
 
     def __init__(self, targets: list[str], settings: Any = None, *, host: str = "127.0.0.1", port: int = 8080,
                  interval: float = 1.0, history_s: float = 600.0, kafka_interval: float = 5.0,
                  log_level: str = "warning") -> None:
-        self.host, self.port = host, port
         self.interval = interval
         self.kafka_interval = kafka_interval
         self.history = MetricsHistory(targets, history_s=history_s, rate_window_s=max(5.0, 3 * interval))
         self.kafka = KafkaWatcher(settings, timeout=max(2.0, min(10.0, kafka_interval)))
         self.own = _OwnMetrics()
         self.started_at = time.time()
-        self.log_level = log_level
-        self.app = create_app(self)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._server: uvicorn.Server | None = None
-        self._socket: socket.socket | None = None
-        self._serve_thread: threading.Thread | None = None
+        super().__init__(create_app(self), host, port, log_level)
 
     # -- data ------------------------------------------------------------------------------
     def scrape_once(self) -> None:
@@ -109,79 +105,17 @@ class Dashboard:
         return s
 
     # -- serving ---------------------------------------------------------------------------
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-    def bind(self) -> socket.socket:
-        """Bind the listening socket now (``port=0`` picks a free one; :attr:`url` names it)."""
-        if self._socket is None:
-            sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.host, self.port))
-            self.port = sock.getsockname()[1]
-            self._socket = sock
-            config = uvicorn.Config(self.app, log_level=self.log_level, access_log=False, lifespan="off",
-                                    timeout_graceful_shutdown=2)
-            self._server = uvicorn.Server(config)
-        return self._socket
-
-    def _start_feeds(self) -> None:
+    def _starting(self) -> None:
         self._stop.clear()
         self._threads = [threading.Thread(target=self._scrape_loop, name="tidal-dashboard-scrape", daemon=True),
                          threading.Thread(target=self._kafka_loop, name="tidal-dashboard-kafka", daemon=True)]
         for t in self._threads:
             t.start()
 
-    def start(self, timeout: float = 10.0) -> "Dashboard":
-        """Serve from background threads; returns once the server accepts connections."""
-        sock = self.bind()
-        assert self._server is not None
-        self._start_feeds()
-        self._serve_thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
-                                              name="tidal-dashboard", daemon=True)
-        self._serve_thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._serve_thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"dashboard on {self.url} did not start")
-            time.sleep(0.01)
-        return self
-
-    def run(self) -> None:
-        """Serve in the foreground until SIGINT / SIGTERM."""
-        sock = self.bind()
-        assert self._server is not None
-        if threading.current_thread() is threading.main_thread():
-            # uvicorn handles SIGINT/SIGTERM, then raises the signal again once it has shut down:
-            # with these no-op handlers that ends in a clean exit 0 rather than death by signal
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: None)
-        self._start_feeds()
-        try:
-            self._server.run(sockets=[sock])
-        finally:
-            self._close()
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._serve_thread is not None:
-            self._serve_thread.join(10)
-        self._close()
-
     def _close(self) -> None:
         self._stop.set()
         self.history.close()
-        if self._socket is not None:
-            self._socket.close()
-
-    def __enter__(self) -> "Dashboard":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super()._close()
 
 
 def _json(data: Any, status: int = 200) -> Response:
