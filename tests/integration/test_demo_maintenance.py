@@ -21,3 +21,16 @@ def test_accuracy_recovers_after_the_regime_change(settings):
     assert s["promoted_versions"] and set(s["versions_served_from_event"]) >= {"1", str(s["promoted_versions"][0])}
     assert s["versions_served_from_event"][str(s["promoted_versions"][0])] > s["change_at"]
     assert not s["person_acted"]
+
+
+def test_via_mqtt_the_readings_and_alerts_travel_through_mosquitto(settings):
+    from tidal.connect.mosquitto import MOSQUITTO_MISSING, mosquitto_binary
+
+    if mosquitto_binary() is None:
+        pytest.skip(MOSQUITTO_MISSING)
+    s = run_demo(settings, events=4000, seed=7, quiet=True, via_mqtt=True)
+    assert s["predictions"] == s["events"] - s["history_events"]  # the same summary...
+    assert s["accuracy_before_change"] > 0.9 and s["alarms"]
+    mqtt = s["mqtt"]  # ...with every reading through MQTT once, and every failure alert back out
+    assert mqtt["published"] == mqtt["bridged"] == s["events"]
+    assert mqtt["alerts_published"] == mqtt["alerts_expected"] > 0

@@ -76,6 +76,7 @@ def run_sink(sink, topics: list[str], bootstrap: Optional[str], kafka_config: Op
     typer.echo(f"{sink.name}: stopped after writing {runner.written} records", err=True)
 
 
+import tidal.cli.connect_mqtt  # noqa: E402,F401
 import tidal.cli.connect_postgres  # noqa: E402,F401
 import tidal.cli.connect_files  # noqa: E402,F401
 import tidal.cli.connect_http  # noqa: E402,F401

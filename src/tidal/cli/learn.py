@@ -226,12 +226,21 @@ def demo_maintenance(events: int = typer.Option(60_000, help="Sensor readings to
                      bootstrap: Optional[str] = typer.Option(None, "--bootstrap", "-b",
                                                              envvar="TIDAL_BOOTSTRAP_SERVERS",
                                                              help="Use this cluster, not a fresh embedded broker."),
-                     kafka_config: Optional[str] = KafkaConfigOpt) -> None:
+                     kafka_config: Optional[str] = KafkaConfigOpt,
+                     via_mqtt: bool = typer.Option(False, "--via-mqtt",
+                                                   help="Send the readings through a local Mosquitto and the MQTT "
+                                                        "bridge; publish failure alerts back to MQTT.")) -> None:
     """Predictive maintenance through a regime change: drift detected, retrained, promoted, no person acting."""
     from tidal.demos.maintenance import run_demo
 
+    if via_mqtt:
+        from tidal.connect.mosquitto import MOSQUITTO_MISSING, mosquitto_binary
+
+        if mosquitto_binary() is None:
+            _fail(f"--via-mqtt needs a local MQTT broker; {MOSQUITTO_MISSING}")
     logging.basicConfig(level=logging.ERROR)
-    summary = run_demo(_demo_settings(bootstrap, kafka_config), events=events, seed=seed, quiet=as_json)
+    summary = run_demo(_demo_settings(bootstrap, kafka_config), events=events, seed=seed, quiet=as_json,
+                       via_mqtt=via_mqtt)
     if as_json:
         sys.stdout.write(json.dumps(summary, default=str) + "\n")
     raise typer.Exit(0 if summary["recovered"] else 1)

@@ -10,6 +10,8 @@ from tidal.connect.base import BadRecord, RecordsRejected, Sink, SinkRecord, Sou
 from tidal.connect.file_sink import FileSink
 from tidal.connect.file_source import FileSource
 from tidal.connect.metrics import ConnectorMetrics
+from tidal.connect.mosquitto import Mosquitto
+from tidal.connect.mqtt import MqttConnection, MqttSink, MqttSource
 from tidal.connect.postgres_sink import PostgresSink
 from tidal.connect.postgres_source import PostgresSource
 from tidal.connect.positions import PositionFile, default_position_path
@@ -18,5 +20,6 @@ from tidal.connect.source import SourceRunner
 
 __all__ = ["Source", "Sink", "SourceRecord", "SinkRecord", "BadRecord", "Unavailable", "RecordsRejected",
            "SourceRunner", "SinkRunner", "PositionFile", "default_position_path", "ConnectorMetrics", "Backoff"]
+__all__ += ["MqttSource", "MqttSink", "MqttConnection", "Mosquitto"]
 __all__ += ["PostgresSource", "PostgresSink"]
 __all__ += ["FileSource", "FileSink"]

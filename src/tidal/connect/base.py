@@ -73,6 +73,11 @@ class Source:
 
     name: str = "source"
     kind: str = "source"  # e.g. "postgres", "file": the metrics' ``connector_type`` label
+    #: On start, also recognise records delivered up to this many offsets (per partition)
+    #: before the saved ones: for a source whose acknowledgement to the outside system
+    #: trails the saved position (MQTT: a PUBACK sent after the save), so that what the
+    #: system sends again is skipped by position. 0: only what came after the save.
+    lookback: int = 0
 
     def open(self, position: Any | None) -> None:
         """Connect and resume right after ``position`` (None: from the beginning). May raise Unavailable."""

@@ -83,14 +83,16 @@ class SourceRunner:
         elif missing:  # partitions added since: anything of ours there came after the save
             self.offsets.update({tp: 0 for tp in missing})
         me = self.source.name.encode()
-        for m in read_partitions(self.settings, {tp: self.offsets[tp] for tp in parts}, timeout=60):
+        back = self.source.lookback if self.position is not None else 0
+        for m in read_partitions(self.settings, {tp: max(0, self.offsets[tp] - back) for tp in parts}, timeout=60):
             headers = dict(m.headers() or ())
             if headers.get(CONNECTOR_HEADER) == me and POSITION_HEADER in headers:
                 self._seen.add(headers[POSITION_HEADER])
             self.offsets[(m.topic(), m.partition())] = m.offset() + 1
         if self._seen:
-            log.info("%s: %d records were delivered after the last saved position; they will not be "
-                     "produced again", self.source.name, len(self._seen))
+            log.info("%s: %d records were delivered after the last saved position%s; they will not be "
+                     "produced again", self.source.name, len(self._seen),
+                     f" (or up to {back} offsets before it)" if back else "")
         self._producer = Producer(self.settings.client_config({
             "enable.idempotence": True, "acks": "all", "linger.ms": 5, "compression.type": "lz4",
             "client.id": f"tidal-connect-{self.source.name}", "log_level": 3, **self.producer_config}))

@@ -173,8 +173,12 @@ class _Tracker:
 
 def run_demo(settings: KafkaSettings | None = None, events: int = 60_000, seed: int = 7, quiet: bool = False,
              history_share: float = 0.2, chunk: int = 500, min_rows: int | None = None,
-             timeout_s: float = 300.0) -> dict[str, Any]:
-    """Run the demo; the summary's ``recovered`` says whether accuracy came back within 5 points."""
+             timeout_s: float = 300.0, via_mqtt: bool = False) -> dict[str, Any]:
+    """Run the demo; the summary's ``recovered`` says whether accuracy came back within 5 points.
+
+    ``via_mqtt``: the readings go through a local Mosquitto and the MQTT bridge
+    (:mod:`tidal.demos.maintenance_mqtt`), and failure alerts go back to MQTT.
+    """
     from tidal.drift import DriftStep
     from tidal.learn import LabelJoinStep, RetrainStep
     from tidal.learn.train import train_from_topic
@@ -207,10 +211,25 @@ def run_demo(settings: KafkaSettings | None = None, events: int = 60_000, seed: 
                            dlq=f"{name}.monitor.dlq", group=f"tidal.{name}.monitor", lineage=False, partitions=1,
                            steps=[join, drift, retrain], max_batch=5000, max_wait_ms=20)
         ensure_topics(settings, unique_specs(serving, monitor))
+        producer = Producer(settings.client_config({"linger.ms": 5, "log_level": 3, "enable.idempotence": True}))
+        mqtt = None
+        if via_mqtt:
+            from tidal.demos.maintenance_mqtt import ViaMqtt
+
+            mqtt = ViaMqtt(settings, name, topics.events, topics.predictions, work)
+            stack.callback(mqtt.close)
+            console.print(f"[bold]mosquitto[/] on 127.0.0.1:{mqtt.broker.port}: readings on plant/<machine>/sensors, "
+                          f"bridged to {topics.events}; failure alerts back on plant/<machine>/alerts")
+
+        def send(lo: int, hi: int) -> None:
+            if mqtt is None:
+                produce_all(producer, topics.events, gen.keys[lo:hi], gen.values[lo:hi])
+            else:
+                mqtt.publish(gen.keys[lo:hi], gen.values[lo:hi], lo)
+                mqtt.wait_bridged(hi)
 
         # 1. history and its labels
-        producer = Producer(settings.client_config({"linger.ms": 5, "log_level": 3, "enable.idempotence": True}))
-        produce_all(producer, topics.events, gen.keys[:n_hist], gen.values[:n_hist])
+        send(0, n_hist)
         produce_all(producer, topics.labels, gen.keys[:n_hist], gen.label_values(0, n_hist))
         console.print(f"history: {n_hist:,} readings of type-A machines and their labels on {topics.events}")
 
@@ -237,7 +256,7 @@ def run_demo(settings: KafkaSettings | None = None, events: int = 60_000, seed: 
         last_print = 0.0
         for lo in range(n_hist, events, chunk):
             hi = min(events, lo + chunk)
-            produce_all(producer, topics.events, gen.keys[lo:hi], gen.values[lo:hi])
+            send(lo, hi)
             tracker.wait(hi - n_hist, max(5.0, deadline - time.monotonic()))
             produce_all(producer, topics.labels, gen.keys[lo:hi], gen.label_values(lo, hi))
             if not quiet and time.monotonic() - last_print > 0.5:
@@ -252,9 +271,14 @@ def run_demo(settings: KafkaSettings | None = None, events: int = 60_000, seed: 
             w.stop()
         tracker.poll(0.5)
         del producer
+        if mqtt is not None:
+            mqtt.wait_alerts(sum(tracker.decisions))
+            mqtt_counts = mqtt.summary()
 
     summary = _summarise(gen, tracker, n_hist, trained, retrain, drift, registry, name, stream_s, min_rows)
     summary["duration_s"] = round(time.monotonic() - t_begin, 1)
+    if via_mqtt:
+        summary["mqtt"] = {**mqtt_counts, "alerts_expected": int(sum(tracker.decisions))}
     _print(console, summary)
     return summary
 
@@ -332,6 +356,7 @@ def _print(console: Console, s: dict[str, Any]) -> None:
         ("versions served (first reading)", ", ".join(f"v{v} from {i:,}" for v, i in
                                                       s["versions_served_from_event"].items())),
         ("stream", f"{s['stream_s']} s, {s['events_per_s']:,} readings/s in chunks with delayed labels"),
-    ]:
+    ] + ([("MQTT", f"{s['mqtt']['published']:,} readings published, {s['mqtt']['bridged']:,} bridged to Kafka, "
+                   f"{s['mqtt']['alerts_published']:,} failure alerts published back")] if "mqtt" in s else []):
         table.add_row(k, v)
     console.print(table)
