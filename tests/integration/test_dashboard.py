@@ -100,13 +100,21 @@ def test_dashboard_page_shows_the_running_pipeline(settings, name, toy_model, tm
             produce(settings, p.sources[0], values)
             time.sleep(0.4)
 
+        missing: list[str] = []
+
         def api_ready():
             s = get_json(f"{url}/api/summary")
             k = s["kafka"]
-            return (s["totals"]["in"] == total and k["reachable"] and any(m["model"] == model for m in k["models"])
-                    and any(a["rule"] == rule.name for a in k["alerts"])
-                    and any(g["group"] == p.group for g in k["groups"])) and s
-        summary = wait_until(api_ready, 30, f"{total} events, the deployment and the alert in /api/summary")
+            missing[:] = [what for what, ok in (
+                (f"events in {s['totals']['in']} of {total}", s["totals"]["in"] == total),
+                ("kafka reachable", k["reachable"]), ("the deployment", any(m["model"] == model for m in k["models"])),
+                ("the alert", any(a["rule"] == rule.name for a in k["alerts"])),
+                ("the group", any(g["group"] == p.group for g in k["groups"]))) if not ok]
+            return not missing and s
+        try:
+            summary = wait_until(api_ready, 45, f"{total} events, the deployment and the alert in /api/summary")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; missing at the end: {missing}") from None
         assert summary["pipelines"] == [name]
         assert summary["dlq"] == {"invalid_json": 1, "missing_field": 1, "wrong_type": 1}
         assert summary["latency"]["total"]["p99"] is not None
