@@ -80,6 +80,9 @@ def test_status_reports_group_lag(settings, name):
     c.commit(offsets=[TopicPartition(f"{name}.events", 0, 10), TopicPartition(f"{name}.events", 1, 20)],
              asynchronous=False)
     c.close()
+    other = Consumer(settings.client_config({"group.id": f"g2-{name}", "log_level": 3}))  # a second group, same topic
+    other.commit(offsets=[TopicPartition(f"{name}.events", 0, 5)], asynchronous=False)
+    other.close()
     result = subprocess.run([sys.executable, "-m", "tidal", "status", "--json", "--bootstrap", settings.bootstrap],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -87,6 +90,8 @@ def test_status_reports_group_lag(settings, name):
     [group] = [g for g in status["groups"] if g["group"] == f"g-{name}"]
     assert group["lag"] == 3000 - 30, group  # exact: ends come from fetch responses
     assert {p["partition"]: p["committed"] for p in group["partitions"]} == {0: 10, 1: 20}
+    [second] = [g for g in status["groups"] if g["group"] == f"g2-{name}"]
+    assert second["lag"] == group["partitions"][0]["end"] - 5
     assert status["topics"][f"{name}.events"] == 2
     table = subprocess.run([sys.executable, "-m", "tidal", "status", "--bootstrap", settings.bootstrap],
                            capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})

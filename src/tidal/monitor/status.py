@@ -23,6 +23,7 @@ __all__ = ["end_offsets", "cluster_status"]
 
 def end_offsets(settings: KafkaSettings, tps: list[TopicPartition], timeout: float = 10.0) -> dict[tuple[str, int], int]:
     """High watermark per (topic, partition), taken from real fetch responses."""
+    tps = list({(tp.topic, tp.partition): tp for tp in tps}.values())  # groups sharing a topic: ask once
     if not tps:
         return {}
     c = Consumer(settings.client_config({"group.id": "tidal.status", "enable.auto.commit": False,
@@ -67,10 +68,12 @@ def cluster_status(settings: KafkaSettings, timeout: float = 10.0) -> dict[str, 
             except Exception:  # noqa: BLE001 - a group that vanished meanwhile
                 pass
     committed: dict[str, list[TopicPartition]] = {}
-    for gid in names:
-        req = [ConsumerGroupTopicPartitions(gid)]
-        for _g, future in admin.list_consumer_group_offsets(req, request_timeout=timeout).items():
-            committed[gid] = [tp for tp in future.result().topic_partitions if tp.offset >= 0]
+    # One request per group (the API takes one group at a time), all in flight at once: a
+    # cluster with hundreds of groups answers in one round trip's time, not hundreds.
+    pending = [(gid, f) for gid in names for _g, f in admin.list_consumer_group_offsets(
+        [ConsumerGroupTopicPartitions(gid)], request_timeout=timeout).items()]
+    for gid, future in pending:
+        committed[gid] = [tp for tp in future.result().topic_partitions if tp.offset >= 0]
     ends = end_offsets(settings, [tp for tps in committed.values() for tp in tps], timeout)
     for gid in names:
         parts = []

@@ -362,15 +362,18 @@ class Worker:
         self._alert_producer.poll(0)
 
     def _update_lag(self) -> None:
-        """Lag per assigned partition: high watermark (from the last fetch) minus our position."""
+        """Lag per assigned partition: high watermark (from the last fetch) minus our position.
+
+        A partition not fetched yet gets no number until its first fetch answers (within
+        ``fetch.wait.max.ms``): asking the broker instead (ListOffsets) can be short by a record
+        batch on the embedded broker (DESIGN.md), and a wrong lag is worse than a late one.
+        """
         self._lag_at = time.monotonic()
         now_ms = time.time() * 1000
         for tp in self.consumer.assignment():
             key = (tp.topic, tp.partition)
-            try:  # the high watermark of the last fetch; ask the broker if none was fetched yet
+            try:
                 _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
-                if high < 0:
-                    _low, high = self.consumer.get_watermark_offsets(tp, timeout=1.0)
             except KafkaException:
                 continue
             if high < 0:
