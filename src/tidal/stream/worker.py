@@ -137,13 +137,9 @@ class Worker:
     # -- clients ---------------------------------------------------------------------------
     def _consumer_config(self) -> dict[str, Any]:
         p = self.pipeline
-        conf = {
-            "group.id": p.group,
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
+        tuning = {  # tidal's defaults; the cluster settings (--kafka-config, TIDAL_KAFKA_*) override them
             "partition.assignment.strategy": "cooperative-sticky",
-            "session.timeout.ms": 10000,
+            "session.timeout.ms": 10000,  # the embedded broker takes half of it to form a group
             "heartbeat.interval.ms": 1000,
             "max.poll.interval.ms": 30000,
             "fetch.wait.max.ms": max(1, min(100, p.max_wait_ms)),
@@ -151,6 +147,13 @@ class Worker:
             "client.id": f"tidal-{p.name}-{self.worker_id}",
             "log_level": 3,
         }
+        conf = {k: v for k, v in tuning.items() if k not in self.settings.extra}
+        conf.update({
+            "group.id": p.group,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+        })
         if p.exactly_once:
             conf["isolation.level"] = "read_committed"
         conf.update(p.consumer_config)
