@@ -22,6 +22,19 @@ os.environ.setdefault("TIDAL_KAFKA_HEARTBEAT_INTERVAL_MS", "500")
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def no_stray_processes():
+    """Processes a test started with ``tidal_process`` do not outlive it, even when it fails."""
+    yield
+    from integration.kafka_helpers import STARTED  # tests/ is on sys.path: the package is `integration`
+
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
 @pytest.fixture(scope="session")
 def broker():
     """One real embedded Tansu broker for the whole test run."""

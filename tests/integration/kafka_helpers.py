@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -69,3 +72,14 @@ def run_until(worker, total: int, timeout: float = 60.0) -> None:
     t.start()
     t.join(timeout)
     assert not t.is_alive(), f"worker consumed {worker.stats.events_in} of {total} within {timeout}s"
+
+
+STARTED: list[subprocess.Popen] = []  # killed after each test (tests/conftest.py): a failed test leaves no process
+
+
+def tidal_process(settings, *args: str, env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen:
+    """``python -m tidal ARGS`` against the test broker, killed after the test if still running."""
+    env = {**os.environ, "TIDAL_BOOTSTRAP_SERVERS": settings.bootstrap, **(env or {})}
+    proc = subprocess.Popen([sys.executable, "-m", "tidal", *args], env=env, **popen)
+    STARTED.append(proc)
+    return proc

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -23,7 +22,7 @@ import pytest
 
 from tidal.connect import Backoff, FileSink, FileSource, PositionFile, SinkRunner, SourceRunner
 
-from .kafka_helpers import produce, read_all
+from .kafka_helpers import produce, read_all, tidal_process
 
 pytestmark = pytest.mark.integration
 
@@ -37,9 +36,8 @@ def _runner(source, settings, name, tmp_path, **kw):
 
 
 def _cli(settings, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "TIDAL_BOOTSTRAP_SERVERS": settings.bootstrap, "PYTHONPATH": str(REPO / "src")}
-    return subprocess.Popen([sys.executable, "-m", "tidal", *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    return tidal_process(settings, *args, env={"PYTHONPATH": str(REPO / "src")}, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE)
 
 
 def test_each_format_exactly_with_bad_lines_dead_lettered(settings, name, tmp_path):

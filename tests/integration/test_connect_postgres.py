@@ -10,10 +10,8 @@ applies, so a record written twice would show even where an upsert hides it.
 from __future__ import annotations
 
 import hashlib
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -26,7 +24,7 @@ import pytest
 from tidal.connect import (Backoff, ConnectorMetrics, PositionFile, PostgresSink, PostgresSource, SinkRunner,
                            SourceRunner)
 
-from .kafka_helpers import produce, read_all
+from .kafka_helpers import produce, read_all, tidal_process
 from .pg_server import pg_or_skip
 
 pytestmark = pytest.mark.integration
@@ -51,25 +49,8 @@ def q(pg, statement: str, params=None) -> list[tuple]:
         return cur.fetchall() if cur.description else []
 
 
-_started: list[subprocess.Popen] = []
-
-
-@pytest.fixture(autouse=True)
-def no_strays():
-    yield
-    while _started:
-        proc = _started.pop()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-
-
 def tidal(settings, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "TIDAL_BOOTSTRAP_SERVERS": settings.bootstrap}
-    proc = subprocess.Popen([sys.executable, "-m", "tidal", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _started.append(proc)
-    return proc
+    return tidal_process(settings, *args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def labels(name: str, direction: str) -> dict:

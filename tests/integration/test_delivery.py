@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -19,7 +18,7 @@ from confluent_kafka import Consumer, TopicPartition
 from tidal.broker import ensure_topics
 from tidal.stream import from_dict
 
-from .kafka_helpers import produce, read_all, records, wait_for
+from .kafka_helpers import produce, read_all, records, tidal_process, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -34,26 +33,9 @@ def write_spec(tmp_path: Path, name: str, **extra) -> Path:
     return path
 
 
-_started: list[subprocess.Popen] = []
-
-
-@pytest.fixture(autouse=True)
-def no_stray_workers():
-    """A failed test must not leave its worker processes running."""
-    yield
-    while _started:
-        proc = _started.pop()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-
-
 def start(settings, spec: Path, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(HERE.parent), "TIDAL_BOOTSTRAP_SERVERS": settings.bootstrap}
     level = os.environ.get("TIDAL_TEST_LOG_LEVEL", "WARNING")
-    proc = subprocess.Popen([sys.executable, "-m", "tidal", "run", str(spec), "--log-level", level, *args], env=env)
-    _started.append(proc)
-    return proc
+    return tidal_process(settings, "run", str(spec), "--log-level", level, *args, env={"PYTHONPATH": str(HERE.parent)})
 
 
 def setup(settings, tmp_path, name, n, **extra) -> Path:

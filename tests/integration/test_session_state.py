@@ -18,7 +18,7 @@ from tidal.stream import from_dict
 from tidal.stream.batch import Batch
 
 from .kafka_helpers import produce, read_all, records, wait_for
-from .test_delivery import no_stray_workers, start  # noqa: F401 - the fixture cleans up here too
+from .test_delivery import start
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from tidal.broker import ensure_topics
 from tidal.stream import from_dict
 
 from .kafka_helpers import produce, read_all, records, wait_for
-from .test_delivery import no_stray_workers, start  # noqa: F401 - the fixture cleans up here too
+from .test_delivery import start
 
 pytestmark = pytest.mark.integration
 
