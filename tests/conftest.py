@@ -46,9 +46,7 @@ def broker():
 
 @pytest.fixture(scope="session")
 def settings(broker):
-    from tidal.config import KafkaSettings
-
-    from tidal.config import env_overrides
+    from tidal.config import KafkaSettings, env_overrides
 
     return KafkaSettings(broker.bootstrap, env_overrides())
 
