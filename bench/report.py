@@ -64,10 +64,12 @@ def render(doc: dict, path: Path) -> str:
                 "The relay row is the floor under any consumer → producer process on this broker and machine: "
                 "consume, splice the timestamp into the bytes, produce at once (no decoding, no model, no commits). "
                 "The worker columns come from its own Prometheus metrics over the phase: mean events per batch, "
-                "ms per batch (decode → delivered), and the share of the phase it spent inside batches.",
+                "ms per batch (decode → delivered), and the share of the phase it spent inside batches. "
+                f"The last two columns are CPU cores kept busy during the phase (of {doc.get('machine', {}).get('cores', '?')}): "
+                "the broker's own, and the whole machine's (broker, pacer, worker and tracker together).",
                 "", "| knobs | offered | achieved output events/s | p50 ms | p95 ms | p99 ms | p99 to prediction produced (ms) "
-                "| worker: mean batch | ms/batch | busy |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                "| worker: mean batch | ms/batch | busy | broker cores | machine cores |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in lat:
             offered = "max" if not r.get("offered_per_s") else f"{r['offered_per_s']:,}/s"
             if not r.get("offered_per_s") and r.get("achieved_offered_per_s"):
@@ -76,7 +78,8 @@ def render(doc: dict, path: Path) -> str:
             out.append(f"| {who} | {offered} | {_n(r.get('events_per_s'))} | {_n(r.get('p50_ms'), 1)} | "
                        f"{_n(r.get('p95_ms'), 1)} | {_n(r.get('p99_ms'), 1)} | {_n(r.get('produced_p99_ms'), 1)} | "
                        f"{_n(r.get('worker_mean_batch'))} | {_n(r.get('worker_ms_per_batch'), 1)} | "
-                       f"{_pct(r.get('worker_busy_fraction'))} |")
+                       f"{_pct(r.get('worker_busy_fraction'))} | {_n(r.get('broker_cores_busy'), 2)} | "
+                       f"{_n(r.get('machine_cores_busy'), 2)} |")
     t1 = next((r for r in res if r.get("system") == "tidal" and r.get("scenario") == "throughput" and r.get("workers") == 1), None)
     t2 = next((r for r in res if r.get("system") == "tidal" and r.get("scenario") == "throughput" and r.get("workers") == 2), None)
     mb = sorted([r for r in res if r.get("scenario") == "max_batch"], key=lambda r: r["max_batch"])

@@ -36,9 +36,12 @@ from benchlib.machine import describe  # noqa: E402
 RESULTS = BENCH / "results"
 
 # Batching knobs for the latency scenario. tidal sets the consumer's fetch.wait.max.ms to
-# min(100, max_wait_ms); "fetch_wait_ms" overrides it (pipeline kafka.consumer settings).
+# max(5, min(100, max_wait_ms)); "fetch_wait_ms" overrides it (pipeline kafka.consumer settings).
+# max_wait_ms 0 = no wait to fill a batch: each batch is what arrived while the last one ran.
+# linger.ms 1 rather than 0: at 10k/s unbatched produce requests overload the embedded broker.
 LATENCY_KNOBS = {
-    "low-latency": {"max_batch": 5000, "max_wait_ms": 5, "linger_ms": 0},
+    "low-latency": {"max_batch": 5000, "max_wait_ms": 0, "linger_ms": 1},
+    "wait5": {"max_batch": 5000, "max_wait_ms": 5, "linger_ms": 1},
     "demo": {"max_batch": 5000, "max_wait_ms": 20, "linger_ms": 5},
     "default": {"max_batch": 5000, "max_wait_ms": 50, "linger_ms": 5},
     "default-fetch5": {"max_batch": 5000, "max_wait_ms": 50, "linger_ms": 5, "fetch_wait_ms": 5},
@@ -74,6 +77,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--events", type=int, default=None, help="override the main backlog size")
     ap.add_argument("--out", type=Path, default=None, help="results file (default bench/results/<date>[-quick].json)")
     ap.add_argument("--knobs", default=None, help=f"latency knob sets, comma-separated: {', '.join(LATENCY_KNOBS)}")
+    ap.add_argument("--rates", default=None, help="latency: offered events/s, comma-separated (0 = max)")
+    ap.add_argument("--phase-s", type=float, default=None, help="latency: seconds per offered rate")
     ap.add_argument("--pacer-linger", type=float, default=None, help="latency pacer's linger.ms (default 5)")
     ap.add_argument("--no-report", action="store_true", help="don't draw charts or rewrite bench/README.md")
     return ap.parse_args(argv)
@@ -92,6 +97,10 @@ def main(argv: list[str] | None = None) -> Path:
         sizes.events = args.events
     if args.pacer_linger is not None:
         sizes.pacer_linger_ms = args.pacer_linger
+    if args.rates:
+        sizes.latency_rates = [int(r) for r in args.rates.split(",")]
+    if args.phase_s:
+        sizes.latency_phase_s = args.phase_s
     if args.knobs:
         sizes.latency_configs = [LATENCY_KNOBS[k] for k in args.knobs.split(",")]
     only = set(args.only.split(",")) if args.only else set(ALL_KEYS)
@@ -121,7 +130,7 @@ def main(argv: list[str] | None = None) -> Path:
         fill_s = fill(settings, "bench.events", events.keys, events.values)
         print(f"  backlog of {len(events):,} events produced to bench.events in {fill_s:.1f}s", flush=True)
         ctx = Ctx(mode=mode, sizes=sizes, settings=settings, work=work, events=events, topic="bench.events",
-                  model=model, only=only)
+                  model=model, only=only, broker_pid=broker.process.pid if broker.process else None)
         throughput.run(ctx)
         if ctx.wants("latency"):
             latency.run(ctx)

@@ -22,9 +22,11 @@ process, so tidal's own share of the latency can be read off.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import msgspec
 import numpy as np
@@ -54,7 +56,10 @@ class Tracker:
         self.src_ts: list[int] = []
 
     def poll(self, timeout: float) -> int:
-        msgs = self.consumer.consume(10_000, timeout)
+        # Wait for one record, then take what else has arrived: consume(n, timeout) alone would
+        # wait out the whole timeout whenever fewer than n records come, adding to every latency.
+        first = self.consumer.poll(timeout)
+        msgs = [first, *self.consumer.consume(10_000, 0)] if first is not None else []
         now = time.time() * 1000
         decode = self.decode
         good = [m for m in msgs if not m.error()]
@@ -74,7 +79,7 @@ class Tracker:
 
 def knob_text(knobs: dict) -> str:
     text = f"max_batch={knobs['max_batch']}, max_wait_ms={knobs['max_wait_ms']}, linger.ms={knobs['linger_ms']}"
-    fetch = knobs.get("fetch_wait_ms", min(100, knobs["max_wait_ms"]))
+    fetch = knobs.get("fetch_wait_ms", max(5, min(100, knobs["max_wait_ms"])))
     return text + f", fetch.wait.max.ms={fetch}"
 
 
@@ -99,7 +104,7 @@ def _offer(ctx: Ctx, tracker: Tracker, topic: str, start: int, count: int, rate:
     return (json.loads(stats.read_text()) if stats.exists() else {}), got
 
 
-RELAY_KNOBS = {"max_batch": 5000, "max_wait_ms": 5, "linger_ms": 0, "fetch_wait_ms": 5}
+RELAY_KNOBS = {"max_batch": 5000, "max_wait_ms": 0, "linger_ms": 1, "fetch_wait_ms": 5}
 
 
 def run(ctx: Ctx) -> None:
@@ -136,9 +141,12 @@ def run(ctx: Ctx) -> None:
             for rate in s.latency_rates:
                 count = int(rate * s.latency_phase_s) if rate else s.latency_max_events
                 before, t_phase = scrape(port) if port else {}, time.monotonic()
+                cpu_before = _cpu(ctx.broker_pid)
                 pacer, got = _offer(ctx, tracker, source, start, count, rate, f"{name}-{rate}",
                                     timeout=s.latency_phase_s * 6 + 60)
-                worker_phase = _phase_metrics(before, scrape(port) if port else {}, time.monotonic() - t_phase)
+                seconds = time.monotonic() - t_phase
+                worker_phase = _phase_metrics(before, scrape(port) if port else {}, seconds)
+                worker_phase.update(_cpu_use(cpu_before, _cpu(ctx.broker_pid), seconds))
                 start += count
                 recv, out_ts, src_ts = tracker.take()
                 keep = slice(int(len(recv) * 0.05), None)
@@ -152,7 +160,8 @@ def run(ctx: Ctx) -> None:
                         events_per_s=len(out_ts) / span if span else None, events=count, received=got,
                         p50_ms=p50, p95_ms=p95, p99_ms=p99, latency_measured="event produced → prediction consumed",
                         produced_p50_ms=q50, produced_p95_ms=q95, produced_p99_ms=q99,
-                        max_ms=round(float(consumed.max()), 2) if len(consumed) else None, **worker_phase)
+                        max_ms=round(float(consumed.max()), 2) if len(consumed) else None,
+                        p99_by_second_ms=_p99_by_second(src_ts[keep], consumed), **worker_phase)
         finally:
             tracker.close()
             worker.terminate()
@@ -163,6 +172,37 @@ def run(ctx: Ctx) -> None:
             if system == "tidal":
                 _worker_summary(ctx, name, knobs)
             delete_topics(ctx.settings, [source, f"{name}.predictions", f"{name}.dlq", f"{name}.labels"])
+
+
+def _p99_by_second(src_ts: np.ndarray, latency: np.ndarray) -> list[float]:
+    """p99 of the events offered in each second of the phase: shows whether latency drifts."""
+    if not len(latency):
+        return []
+    second = (src_ts - src_ts.min()) // 1000
+    return [round(float(np.percentile(latency[second == s], 99)), 1) for s in np.unique(second)]
+
+
+def _cpu(broker_pid: int | None) -> tuple[float, float | None]:
+    """CPU seconds so far: the whole machine's busy time (all cores) and the broker's own."""
+    tick = os.sysconf("SC_CLK_TCK")
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    busy = sum(int(x) for i, x in enumerate(fields[:8]) if i not in (3, 4)) / tick  # all but idle, iowait
+    broker = None
+    if broker_pid:
+        try:
+            stat = Path(f"/proc/{broker_pid}/stat").read_text().rsplit(")", 1)[1].split()
+            broker = (int(stat[11]) + int(stat[12])) / tick  # utime + stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return busy, broker
+
+
+def _cpu_use(before: tuple[float, float | None], after: tuple[float, float | None], seconds: float) -> dict:
+    """Cores kept busy during a phase (1.0 = one core all the time): the machine's and the broker's."""
+    out = {"machine_cores_busy": round((after[0] - before[0]) / seconds, 2)}
+    if before[1] is not None and after[1] is not None:
+        out["broker_cores_busy"] = round((after[1] - before[1]) / seconds, 2)
+    return out
 
 
 def _phase_metrics(before: dict, after: dict, seconds: float) -> dict:

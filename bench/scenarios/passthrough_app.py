@@ -35,7 +35,7 @@ def main(bootstrap: str, source: str, sink: str, events: int, mode: str, stats_p
     relay = mode == "relay"
     c = group_consumer(settings, f"passthrough-{uuid.uuid4().hex[:8]}", {"fetch.wait.max.ms": 5} if relay else None)
     c.subscribe([source])
-    p = Producer(settings.client_config({"enable.idempotence": True, "linger.ms": 0 if relay else 5,
+    p = Producer(settings.client_config({"enable.idempotence": True, "linger.ms": 1 if relay else 5,
                                          "batch.size": 1_000_000,
                                          "compression.type": "lz4", "queue.buffering.max.messages": 2_000_000,
                                          "queue.buffering.max.kbytes": 2_097_151, "log_level": 3}))
@@ -44,7 +44,8 @@ def main(bootstrap: str, source: str, sink: str, events: int, mode: str, stats_p
 
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         while True:
-            for m in c.consume(5000, 0.005):
+            first = c.poll(0.1)  # one record, then what else has arrived: no wait to fill a batch
+            for m in [first, *c.consume(4999, 0)] if first is not None else ():
                 if not m.error():
                     v = m.value()
                     p.produce(sink, b"%s,\"source_timestamp\":%d}" % (v[:-1], m.timestamp()[1]), m.key())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 from tidal.broker import ensure_topics
 from tidal.models import ScoreStep, load_model
@@ -39,6 +40,25 @@ def test_produce_score_consume_exact_counts(settings, name, toy_model):
     positions = {(r["source_partition"], r["source_offset"]) for r in out}
     assert len(positions) == 3000
     assert worker.stats.outputs == 3000 and worker.stats.commits >= 1
+
+
+def test_max_wait_0_takes_what_has_arrived_and_commits_it_all(settings, name, toy_model):
+    """``max_wait_ms: 0``: no wait to fill a batch, yet a backlog still goes in batches, and
+    the group's committed offsets cover every event once the worker stops."""
+    p = Pipeline(name, schema=SCHEMA, steps=[ScoreStep(load_model(toy_model))], max_batch=500, max_wait_ms=0)
+    ensure_topics(settings, p.topic_specs())
+    produce(settings, p.sources[0], [orjson.dumps({"id": i, "x": 0.5, "y": 0.1}) for i in range(3000)])
+
+    worker = Worker(p, settings)
+    run_until(worker, 3000)
+
+    out = records(read_all(settings, p.sink, 4))
+    assert sorted(r["id"] for r in out) == list(range(3000))
+    assert worker.stats.batches < 300  # the fetched backlog is taken in batches, not one by one
+    c = Consumer(settings.client_config({"group.id": p.group, "log_level": 3}))
+    committed = c.committed([TopicPartition(p.sources[0], i) for i in range(4)], timeout=10)
+    c.close()
+    assert sum(tp.offset for tp in committed) == 3000
 
 
 def test_malformed_records_go_to_dlq_with_reasons(settings, name, toy_model):

@@ -16,6 +16,8 @@ def test_defaults_follow_the_batch_knobs():
     assert conf["session.timeout.ms"] == 10000
     assert conf["fetch.wait.max.ms"] == 20
     assert conf["group.id"] == "tidal.cfg"
+    # max_wait_ms 0 (take what has arrived) still lets the broker wait 5 ms: shorter costs it CPU
+    assert _conf({}, max_wait_ms=0)["fetch.wait.max.ms"] == 5
 
 
 def test_cluster_settings_override_the_tuning_but_not_the_delivery_contract():

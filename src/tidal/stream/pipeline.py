@@ -73,7 +73,7 @@ class Pipeline:
     dlq: str | None = None
     group: str | None = None
     max_batch: int = 5000
-    max_wait_ms: int = 50
+    max_wait_ms: int = 50  # wait at most this long to fill a batch; 0: take what has arrived
     exactly_once: bool = False
     partitions: int = 4
     consumer_config: dict[str, Any] = field(default_factory=dict)
