@@ -22,6 +22,7 @@ process, so tidal's own share of the latency can be read off.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -33,7 +34,7 @@ import numpy as np
 from confluent_kafka import Consumer, TopicPartition
 
 from benchlib.context import Ctx
-from benchlib.kafka import PARTITIONS, delete_topics
+from benchlib.kafka import PARTITIONS
 from benchlib.procs import BENCH, env_for, scrape, start_tidal, write_spec
 from tidal.broker import TopicSpec, ensure_topics
 
@@ -108,70 +109,83 @@ RELAY_KNOBS = {"max_batch": 5000, "max_wait_ms": 0, "linger_ms": 1, "fetch_wait_
 
 
 def run(ctx: Ctx) -> None:
-    s = ctx.sizes
-    configs = [("tidal", k) for k in s.latency_configs]
-    if getattr(s, "latency_relay", True):
+    """Each knob setting (and the relay) on a fresh embedded broker: Tansu's in-memory storage
+    gets slower as it holds more data (see bench/broker_drift.py), so after the throughput
+    scenarios' millions of records a shared broker would measure its own backlog, not the knobs."""
+    from tidal.broker import EmbeddedBroker
+    from tidal.config import KafkaSettings
+
+    configs = [("tidal", k) for k in ctx.sizes.latency_configs]
+    if getattr(ctx.sizes, "latency_relay", True):
         configs.append(("limit: relay", RELAY_KNOBS))
-    for system, knobs in configs:
-        knob_label = knob_text(knobs) if system == "tidal" else "relay: no decode, no model, no commit"
-        name = ctx.fresh("lat")
-        source = f"{name}.events"
-        ensure_topics(ctx.settings, [TopicSpec(source, PARTITIONS), TopicSpec(f"{name}.predictions", PARTITIONS)])
-        if system == "tidal":
-            spec = write_spec(ctx.work, name, source, _schema(), [{"score": {"model": str(ctx.model["artifact"])}}],
-                              max_batch=knobs["max_batch"], max_wait_ms=knobs["max_wait_ms"],
-                              producer={"linger.ms": knobs["linger_ms"]},
-                              consumer={"fetch.wait.max.ms": knobs["fetch_wait_ms"]} if "fetch_wait_ms" in knobs else None)
-            worker = start_tidal(spec, ctx.bootstrap, 1, ctx.work / f"{name}-stats.json", log=ctx.log)
-        else:
-            worker = subprocess.Popen([sys.executable, str(BENCH / "scenarios" / "passthrough_app.py"), ctx.bootstrap,
-                                       source, f"{name}.predictions", "0", "relay", str(ctx.work / f"{name}-relay.json")],
-                                      env=env_for(ctx.bootstrap), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        tracker = Tracker(ctx, f"{name}.predictions")
+    for i, (system, knobs) in enumerate(configs):
+        with EmbeddedBroker(log_path=ctx.work / f"broker-latency-{i}.log") as broker:
+            own = dataclasses.replace(ctx, settings=KafkaSettings(broker.bootstrap),
+                                      broker_pid=broker.process.pid if broker.process else None)
+            _measure(own, system, knobs)
+
+
+def _measure(ctx: Ctx, system: str, knobs: dict) -> None:
+    """Warm-up, then one phase per offered rate, through one worker (or the relay)."""
+    s = ctx.sizes
+    knob_label = knob_text(knobs) if system == "tidal" else "relay: no decode, no model, no commit"
+    name = ctx.fresh("lat")
+    source = f"{name}.events"
+    ensure_topics(ctx.settings, [TopicSpec(source, PARTITIONS), TopicSpec(f"{name}.predictions", PARTITIONS)])
+    if system == "tidal":
+        spec = write_spec(ctx.work, name, source, _schema(), [{"score": {"model": str(ctx.model["artifact"])}}],
+                          max_batch=knobs["max_batch"], max_wait_ms=knobs["max_wait_ms"],
+                          producer={"linger.ms": knobs["linger_ms"]},
+                          consumer={"fetch.wait.max.ms": knobs["fetch_wait_ms"]} if "fetch_wait_ms" in knobs else None)
+        worker = start_tidal(spec, ctx.bootstrap, 1, ctx.work / f"{name}-stats.json", log=ctx.log)
+    else:
+        worker = subprocess.Popen([sys.executable, str(BENCH / "scenarios" / "passthrough_app.py"), ctx.bootstrap,
+                                   source, f"{name}.predictions", "0", "relay", str(ctx.work / f"{name}-relay.json")],
+                                  env=env_for(ctx.bootstrap), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tracker = Tracker(ctx, f"{name}.predictions")
+    try:
+        # Warm-up: wait for the group join and the first outputs before measuring.
+        _, got = _offer(ctx, tracker, source, 0, 200, 1000, f"{name}-warm", 60)
+        tracker.take()
+        if got < 200:
+            ctx.add(system=system, scenario="latency", label=f"{knob_label}: worker did not start",
+                    knobs=knobs, events_per_s=None)
+            return
+        start = 200
+        port = getattr(worker, "metrics_port", 0)
+        for rate in s.latency_rates:
+            count = int(rate * s.latency_phase_s) if rate else s.latency_max_events
+            before, t_phase = scrape(port) if port else {}, time.monotonic()
+            cpu_before = _cpu(ctx.broker_pid)
+            pacer, got = _offer(ctx, tracker, source, start, count, rate, f"{name}-{rate}",
+                                timeout=s.latency_phase_s * 6 + 60)
+            seconds = time.monotonic() - t_phase
+            worker_phase = _phase_metrics(before, scrape(port) if port else {}, seconds)
+            worker_phase.update(_cpu_use(cpu_before, _cpu(ctx.broker_pid), seconds))
+            start += count
+            recv, out_ts, src_ts = tracker.take()
+            keep = slice(int(len(recv) * 0.05), None)
+            consumed, produced = (recv - src_ts)[keep], (out_ts - src_ts)[keep].astype(float)
+            span = (out_ts.max() - out_ts.min()) / 1000 if len(out_ts) > 1 else 0
+            p50, p95, p99 = _pct(consumed) if len(consumed) else (None,) * 3
+            q50, q95, q99 = _pct(produced) if len(produced) else (None,) * 3
+            ctx.add(system=system, scenario="latency", knobs=knobs,
+                    label=f"{'max' if not rate else f'{rate:,}/s'} offered; {knob_label}",
+                    offered_per_s=rate or None, achieved_offered_per_s=pacer.get("rate"),
+                    events_per_s=len(out_ts) / span if span else None, events=count, received=got,
+                    p50_ms=p50, p95_ms=p95, p99_ms=p99, latency_measured="event produced → prediction consumed",
+                    produced_p50_ms=q50, produced_p95_ms=q95, produced_p99_ms=q99,
+                    max_ms=round(float(consumed.max()), 2) if len(consumed) else None,
+                    p99_by_second_ms=_p99_by_second(src_ts[keep], consumed), **worker_phase)
+    finally:
+        tracker.close()
+        worker.terminate()
         try:
-            # Warm-up: wait for the group join and the first outputs before measuring.
-            _, got = _offer(ctx, tracker, source, 0, 200, 1000, f"{name}-warm", 60)
-            tracker.take()
-            if got < 200:
-                ctx.add(system=system, scenario="latency", label=f"{knob_label}: worker did not start",
-                        knobs=knobs, events_per_s=None)
-                continue
-            start = 200
-            port = getattr(worker, "metrics_port", 0)
-            for rate in s.latency_rates:
-                count = int(rate * s.latency_phase_s) if rate else s.latency_max_events
-                before, t_phase = scrape(port) if port else {}, time.monotonic()
-                cpu_before = _cpu(ctx.broker_pid)
-                pacer, got = _offer(ctx, tracker, source, start, count, rate, f"{name}-{rate}",
-                                    timeout=s.latency_phase_s * 6 + 60)
-                seconds = time.monotonic() - t_phase
-                worker_phase = _phase_metrics(before, scrape(port) if port else {}, seconds)
-                worker_phase.update(_cpu_use(cpu_before, _cpu(ctx.broker_pid), seconds))
-                start += count
-                recv, out_ts, src_ts = tracker.take()
-                keep = slice(int(len(recv) * 0.05), None)
-                consumed, produced = (recv - src_ts)[keep], (out_ts - src_ts)[keep].astype(float)
-                span = (out_ts.max() - out_ts.min()) / 1000 if len(out_ts) > 1 else 0
-                p50, p95, p99 = _pct(consumed) if len(consumed) else (None,) * 3
-                q50, q95, q99 = _pct(produced) if len(produced) else (None,) * 3
-                ctx.add(system=system, scenario="latency", knobs=knobs,
-                        label=f"{'max' if not rate else f'{rate:,}/s'} offered; {knob_label}",
-                        offered_per_s=rate or None, achieved_offered_per_s=pacer.get("rate"),
-                        events_per_s=len(out_ts) / span if span else None, events=count, received=got,
-                        p50_ms=p50, p95_ms=p95, p99_ms=p99, latency_measured="event produced → prediction consumed",
-                        produced_p50_ms=q50, produced_p95_ms=q95, produced_p99_ms=q99,
-                        max_ms=round(float(consumed.max()), 2) if len(consumed) else None,
-                        p99_by_second_ms=_p99_by_second(src_ts[keep], consumed), **worker_phase)
-        finally:
-            tracker.close()
-            worker.terminate()
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-            if system == "tidal":
-                _worker_summary(ctx, name, knobs)
-            delete_topics(ctx.settings, [source, f"{name}.predictions", f"{name}.dlq", f"{name}.labels"])
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        if system == "tidal":
+            _worker_summary(ctx, name, knobs)
 
 
 def _p99_by_second(src_ts: np.ndarray, latency: np.ndarray) -> list[float]:

@@ -49,6 +49,8 @@ def test_suite_runs_on_a_tiny_input(tmp_path, bench_path):
     assert by["model-only", "throughput"]["events_per_s"] > 0
     lat = by["tidal", "latency"]
     assert lat["received"] == lat["events"] and lat["p50_ms"] <= lat["p95_ms"] <= lat["p99_ms"]
+    assert lat["p99_by_second_ms"] and max(lat["p99_by_second_ms"]) <= lat["max_ms"]
+    assert lat["broker_cores_busy"] > 0 and lat["machine_cores_busy"] >= lat["broker_cores_busy"]
     assert {f["floor"].split(" ")[0] for f in doc["floors"]} == {"tidal"}
 
     import report
@@ -75,6 +77,20 @@ def test_river_step_and_loop_in_memory(bench_path):
     assert b'"score":' in outputs[0] and pipeline.steps[0].learned == 300
     records = [json.loads(v) for v in ev.values]
     assert river_loop([{f: r[f] for f in FEATURES} for r in records], [bool(r["label"]) for r in records]) == 300
+
+
+@pytest.mark.timeout(90)
+def test_broker_drift_runs_on_a_tiny_input(tmp_path, bench_path):
+    out = tmp_path / "drift.json"
+    env = {**os.environ, "TIDAL_HOME": str(tmp_path / "home")}
+    cmd = [sys.executable, str(BENCH / "broker_drift.py"), "--rate", "500", "--seconds", "2", "--fetch-wait", "20",
+           "--out", str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=80, env=env)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    (only,) = json.loads(out.read_text())["runs"]
+    assert only["received"] == only["events"] == 1000 and only["fetch_wait_ms"] == 20
+    assert [r["second"] for r in only["per_second"]][:2] == [0, 1] and len(only["per_second"]) <= 3
+    assert all(r["p50_ms"] <= r["p99_ms"] for r in only["per_second"])
 
 
 def test_every_scenario_script_compiles():
