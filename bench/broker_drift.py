@@ -30,9 +30,8 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 from benchlib.events import make_events  # noqa: E402
-from benchlib.machine import describe  # noqa: E402
+from benchlib.machine import cpu_seconds, describe  # noqa: E402
 from benchlib.procs import env_for  # noqa: E402
-from scenarios.latency import _cpu  # noqa: E402
 
 
 def one_run(bootstrap: str, broker_pid: int, events_file: Path, rate: int, seconds: int, fetch_wait: int,
@@ -41,6 +40,7 @@ def one_run(bootstrap: str, broker_pid: int, events_file: Path, rate: int, secon
 
     from tidal.broker import TopicSpec, ensure_topics
     from tidal.config import KafkaSettings
+    from tidal.stream.worker import take_arrived
 
     topic = f"drift-{uuid.uuid4().hex[:8]}"
     ensure_topics(KafkaSettings(bootstrap), [TopicSpec(topic, 4)])
@@ -58,13 +58,11 @@ def one_run(bootstrap: str, broker_pid: int, events_file: Path, rate: int, secon
     deadline = t0 + seconds * 4 + 30
     while (len(lat) < count or pacer.poll() is None) and time.monotonic() < deadline:
         if time.monotonic() - t0 >= next_tick:
-            cpu.append(_cpu(broker_pid)[1] or 0.0)
+            cpu.append(cpu_seconds(broker_pid)[1] or 0.0)
             next_tick += 1
-        first = c.poll(0.05)
-        if first is None:
-            continue
+        msgs = take_arrived(c, 10_000, 0.05)
         now = time.time() * 1000
-        for m in (first, *c.consume(10_000, 0)):
+        for m in msgs:
             if not m.error():
                 ts = m.timestamp()[1]
                 lat.append(now - ts)

@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> Path:
         fill_s = fill(settings, "bench.events", events.keys, events.values)
         print(f"  backlog of {len(events):,} events produced to bench.events in {fill_s:.1f}s", flush=True)
         ctx = Ctx(mode=mode, sizes=sizes, settings=settings, work=work, events=events, topic="bench.events",
-                  model=model, only=only, broker_pid=broker.process.pid if broker.process else None)
+                  model=model, only=only)
         throughput.run(ctx)
         if ctx.wants("latency"):
             latency.run(ctx)

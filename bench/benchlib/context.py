@@ -50,7 +50,7 @@ class Ctx:
     topic: str
     model: dict[str, Any]
     only: set[str] | None = None
-    broker_pid: int | None = None     # the embedded broker's process, for its CPU use per phase
+    broker_pid: int | None = None     # the latency scenario's own broker, for its CPU use per phase
     results: list[dict] = field(default_factory=list)
     log: Path = field(init=False)
 

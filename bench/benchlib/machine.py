@@ -41,3 +41,18 @@ def describe() -> dict:
         "packages": {p: _version(p) for p in ("tidal", "confluent-kafka", "lightgbm", "numpy", "msgspec", "orjson",
                                               "river", "quixstreams", "faust-streaming", "aiokafka")},
     }
+
+
+def cpu_seconds(pid: int | None = None) -> tuple[float, float | None]:
+    """CPU seconds so far: the whole machine's busy time (all cores) and process ``pid``'s."""
+    tick = os.sysconf("SC_CLK_TCK")
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    busy = sum(int(x) for i, x in enumerate(fields[:8]) if i not in (3, 4)) / tick  # all but idle, iowait
+    proc = None
+    if pid:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            proc = (int(stat[11]) + int(stat[12])) / tick  # utime + stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return busy, proc

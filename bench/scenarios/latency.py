@@ -23,11 +23,9 @@ process, so tidal's own share of the latency can be read off.
 from __future__ import annotations
 
 import dataclasses
-import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import msgspec
 import numpy as np
@@ -35,8 +33,10 @@ from confluent_kafka import Consumer, TopicPartition
 
 from benchlib.context import Ctx
 from benchlib.kafka import PARTITIONS
+from benchlib.machine import cpu_seconds
 from benchlib.procs import BENCH, env_for, scrape, start_tidal, write_spec
 from tidal.broker import TopicSpec, ensure_topics
+from tidal.stream.worker import take_arrived
 
 
 class _Out(msgspec.Struct):
@@ -57,10 +57,7 @@ class Tracker:
         self.src_ts: list[int] = []
 
     def poll(self, timeout: float) -> int:
-        # Wait for one record, then take what else has arrived: consume(n, timeout) alone would
-        # wait out the whole timeout whenever fewer than n records come, adding to every latency.
-        first = self.consumer.poll(timeout)
-        msgs = [first, *self.consumer.consume(10_000, 0)] if first is not None else []
+        msgs = take_arrived(self.consumer, 10_000, timeout)  # no wait to fill a batch: it would add to latency
         now = time.time() * 1000
         decode = self.decode
         good = [m for m in msgs if not m.error()]
@@ -156,12 +153,12 @@ def _measure(ctx: Ctx, system: str, knobs: dict) -> None:
         for rate in s.latency_rates:
             count = int(rate * s.latency_phase_s) if rate else s.latency_max_events
             before, t_phase = scrape(port) if port else {}, time.monotonic()
-            cpu_before = _cpu(ctx.broker_pid)
+            cpu_before = cpu_seconds(ctx.broker_pid)
             pacer, got = _offer(ctx, tracker, source, start, count, rate, f"{name}-{rate}",
                                 timeout=s.latency_phase_s * 6 + 60)
             seconds = time.monotonic() - t_phase
             worker_phase = _phase_metrics(before, scrape(port) if port else {}, seconds)
-            worker_phase.update(_cpu_use(cpu_before, _cpu(ctx.broker_pid), seconds))
+            worker_phase.update(_cpu_use(cpu_before, cpu_seconds(ctx.broker_pid), seconds))
             start += count
             recv, out_ts, src_ts = tracker.take()
             keep = slice(int(len(recv) * 0.05), None)
@@ -194,21 +191,6 @@ def _p99_by_second(src_ts: np.ndarray, latency: np.ndarray) -> list[float]:
         return []
     second = (src_ts - src_ts.min()) // 1000
     return [round(float(np.percentile(latency[second == s], 99)), 1) for s in np.unique(second)]
-
-
-def _cpu(broker_pid: int | None) -> tuple[float, float | None]:
-    """CPU seconds so far: the whole machine's busy time (all cores) and the broker's own."""
-    tick = os.sysconf("SC_CLK_TCK")
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    busy = sum(int(x) for i, x in enumerate(fields[:8]) if i not in (3, 4)) / tick  # all but idle, iowait
-    broker = None
-    if broker_pid:
-        try:
-            stat = Path(f"/proc/{broker_pid}/stat").read_text().rsplit(")", 1)[1].split()
-            broker = (int(stat[11]) + int(stat[12])) / tick  # utime + stime
-        except (OSError, IndexError, ValueError):
-            pass
-    return busy, broker
 
 
 def _cpu_use(before: tuple[float, float | None], after: tuple[float, float | None], seconds: float) -> dict:

@@ -8,8 +8,8 @@ MODE ``alo``: the same, with tidal's delivery sequence per batch: produce, wait 
 broker acknowledged every record (``flush``), then commit the batch's offsets.
 Both use tidal's producer settings (idempotence, lz4, linger 5 ms, 1 MB batches).
 MODE ``relay``: the latency floor of this broker and client: consume with
-``fetch.wait.max.ms`` 5, add the input's CreateTime to each JSON record as
-``source_timestamp`` (a bytes splice, no decoding) and produce at once (``linger.ms`` 0);
+``fetch.wait.max.ms`` 5 and no wait to fill a batch, add the input's CreateTime to each JSON
+record as ``source_timestamp`` (a bytes splice, no decoding) and produce at once (``linger.ms`` 1);
 run until terminated (EVENTS is ignored).
 """
 
@@ -30,6 +30,7 @@ def main(bootstrap: str, source: str, sink: str, events: int, mode: str, stats_p
 
     from benchlib.kafka import group_consumer
     from tidal.config import KafkaSettings
+    from tidal.stream.worker import take_arrived
 
     settings = KafkaSettings(bootstrap)
     relay = mode == "relay"
@@ -44,8 +45,7 @@ def main(bootstrap: str, source: str, sink: str, events: int, mode: str, stats_p
 
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         while True:
-            first = c.poll(0.1)  # one record, then what else has arrived: no wait to fill a batch
-            for m in [first, *c.consume(4999, 0)] if first is not None else ():
+            for m in take_arrived(c, 5000, 0.1):  # no wait to fill a batch
                 if not m.error():
                     v = m.value()
                     p.produce(sink, b"%s,\"source_timestamp\":%d}" % (v[:-1], m.timestamp()[1]), m.key())

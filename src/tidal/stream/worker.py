@@ -102,6 +102,16 @@ class _Acks:
         return self.sealed and self.pending <= 0
 
 
+def take_arrived(consumer: Consumer, max_n: int, timeout: float) -> list[Any]:
+    """Wait at most ``timeout`` s for one message, then take what else has already been fetched,
+    up to ``max_n`` in all. ``consume(n, timeout)`` alone waits out the whole timeout whenever
+    fewer than n messages come."""
+    first = consumer.poll(timeout)
+    if first is None:
+        return []
+    return [first, *consumer.consume(max_n - 1, 0)] if max_n > 1 else [first]
+
+
 class Worker:
     """Run ``pipeline`` against the cluster in ``settings`` until :meth:`stop` (or a signal).
 
@@ -294,14 +304,9 @@ class Worker:
         return self.consumer.consume(self.pipeline.max_batch, self.pipeline.max_wait_ms / 1000)
 
     def _take_arrived(self) -> list[Any]:
-        """``max_wait_ms=0``: wait only for a first message (at most 0.1 s), then take what else
-        has already been fetched, up to ``max_batch``. Under load the batches grow by themselves
-        (what arrives while one is processed is the next); when quiet each event goes at once."""
-        first = self.consumer.poll(0.1)
-        if first is None:
-            return []
-        n = self.pipeline.max_batch - 1
-        return [first, *self.consumer.consume(n, 0)] if n else [first]
+        """``max_wait_ms=0``: under load the batches grow by themselves (what arrives while one
+        is processed is the next); when quiet each event goes at once."""
+        return take_arrived(self.consumer, self.pipeline.max_batch, 0.1)
 
     def _drop_errors(self, msgs: list[Any]) -> list[Any]:
         if not any(m.error() for m in msgs):
