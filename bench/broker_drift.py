@@ -1,7 +1,7 @@
 """One hop through the embedded broker, no tidal: does latency at a fixed load drift with time?
 
     python bench/broker_drift.py                     # 10k events/s for 30 s, fetch waits 5 and 20 ms
-    python bench/broker_drift.py --rate 10000 --seconds 30 --fetch-wait 5,20
+    python bench/broker_drift.py --rate 10000 --seconds 30 --fetch-wait 5,20 --linger 5,50 --partitions 4
 
 A pacer process (the latency scenario's, ``scenarios/pacer_app.py``) produces the benchmark's
 events at a fixed rate to a fresh 4-partition topic; this process reads them as they arrive
@@ -35,7 +35,7 @@ from benchlib.procs import env_for  # noqa: E402
 
 
 def one_run(bootstrap: str, broker_pid: int, events_file: Path, rate: int, seconds: int, fetch_wait: int,
-            work: Path) -> dict:
+            work: Path, linger_ms: float = 5, partitions: int = 4, fetch_min_bytes: int = 1) -> dict:
     from confluent_kafka import Consumer, TopicPartition
 
     from tidal.broker import TopicSpec, ensure_topics
@@ -43,13 +43,14 @@ def one_run(bootstrap: str, broker_pid: int, events_file: Path, rate: int, secon
     from tidal.stream.worker import take_arrived
 
     topic = f"drift-{uuid.uuid4().hex[:8]}"
-    ensure_topics(KafkaSettings(bootstrap), [TopicSpec(topic, 4)])
+    ensure_topics(KafkaSettings(bootstrap), [TopicSpec(topic, partitions)])
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "drift", "enable.auto.commit": False,
-                  "fetch.wait.max.ms": fetch_wait, "log_level": 3})
-    c.assign([TopicPartition(topic, p, 0) for p in range(4)])
+                  "fetch.wait.max.ms": fetch_wait, "fetch.min.bytes": fetch_min_bytes, "log_level": 3})
+    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     count = rate * seconds
     pacer = subprocess.Popen([sys.executable, str(BENCH / "scenarios" / "pacer_app.py"), bootstrap, topic,
-                              str(events_file), "0", str(count), str(rate), str(work / f"{topic}.json")],
+                              str(events_file), "0", str(count), str(rate), str(work / f"{topic}.json"),
+                              str(linger_ms)],
                              env=env_for(bootstrap), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     lat: list[float] = []
     created: list[int] = []
@@ -78,7 +79,8 @@ def one_run(bootstrap: str, broker_pid: int, events_file: Path, rate: int, secon
         s = row["second"]
         if s + 1 < len(cpu):
             row["broker_cores_busy"] = round(cpu[s + 1] - cpu[s], 2)
-    return {"rate": rate, "seconds": seconds, "fetch_wait_ms": fetch_wait, "received": len(a), "events": count,
+    return {"rate": rate, "seconds": seconds, "fetch_wait_ms": fetch_wait, "linger_ms": linger_ms,
+            "partitions": partitions, "fetch_min_bytes": fetch_min_bytes, "received": len(a), "events": count,
             "p50_ms": round(float(np.percentile(a, 50)), 1) if len(a) else None,
             "p99_ms": round(float(np.percentile(a, 99)), 1) if len(a) else None, "per_second": per_second}
 
@@ -88,6 +90,9 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--rate", type=int, default=10_000)
     ap.add_argument("--seconds", type=int, default=30)
     ap.add_argument("--fetch-wait", default="5,20", help="consumer fetch.wait.max.ms values, comma-separated")
+    ap.add_argument("--linger", default="5", help="producer linger.ms values, comma-separated")
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--fetch-min-bytes", type=int, default=1, help="consumer fetch.min.bytes")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -100,12 +105,15 @@ def main(argv: list[str] | None = None) -> Path:
     events_file = work / "events.pkl"
     events_file.write_bytes(pickle.dumps((ev.keys, ev.values)))
     runs = []
-    for fw in (int(x) for x in args.fetch_wait.split(",")):
+    grid = [(lg, fw) for lg in (float(x) for x in args.linger.split(","))
+            for fw in (int(x) for x in args.fetch_wait.split(","))]
+    for lg, fw in grid:
         with EmbeddedBroker(log_path=work / "broker.log") as broker:  # a fresh broker per run
-            run = one_run(broker.bootstrap, broker.process.pid, events_file, args.rate, args.seconds, fw, work)
+            run = one_run(broker.bootstrap, broker.process.pid, events_file, args.rate, args.seconds, fw, work,
+                          lg, args.partitions, args.fetch_min_bytes)
         runs.append(run)
         seconds = run["per_second"]
-        print(f"fetch.wait.max.ms={fw}: p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms over {args.seconds}s; "
+        print(f"linger.ms={lg:g} fetch.wait.max.ms={fw}: p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms over {args.seconds}s; "
               f"p99 first 5 s {[r['p99_ms'] for r in seconds[:5]]}, last 5 s {[r['p99_ms'] for r in seconds[-5:]]}",
               flush=True)
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d")

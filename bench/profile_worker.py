@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--malformed", type=float, default=0.0)
     ap.add_argument("--max-batch", type=int, default=5000)
     ap.add_argument("--model-threads", type=int, default=None)
+    ap.add_argument("--consumer", default="", help="extra consumer settings, e.g. max.partition.fetch.bytes=8388608")
     args = ap.parse_args()
 
     from benchlib.events import SCHEMA, make_events, train_model
@@ -53,11 +54,24 @@ def main() -> None:
             import functools
 
             loaded.model.predict = functools.partial(loaded.model.predict, num_threads=args.model_threads)
-        p = Pipeline(name, sources=["prof.events"], schema=SCHEMA, steps=[ScoreStep(loaded)], max_batch=args.max_batch)
+        p = Pipeline(name, sources=["prof.events"], schema=SCHEMA, steps=[ScoreStep(loaded)], max_batch=args.max_batch,
+                     consumer_config=dict(kv.split("=", 1) for kv in args.consumer.split(",") if kv))
         ensure_topics(settings, p.topic_specs())
         w = Worker(p, settings)
         n = len(events)
-        w.on_batch = lambda w, _b: w.stop() if w.stats.events_in >= n else None
+        from benchlib.machine import cpu_seconds, thread_cpu_seconds
+
+        first: dict = {}
+
+        def on_batch(w, _b) -> None:
+            if not first:  # CPU counters at the first batch: the steady part of the run starts here
+                first.update(threads=thread_cpu_seconds(), broker=cpu_seconds(broker.process.pid), t=time.time())
+            if w.stats.events_in >= n:
+                first.update(threads_end=thread_cpu_seconds(), broker_end=cpu_seconds(broker.process.pid),
+                             t_end=time.time())
+                w.stop()
+
+        w.on_batch = on_batch
         profiler = None
         if args.profiler == "pyinstrument":
             from pyinstrument import Profiler
@@ -84,6 +98,14 @@ def main() -> None:
         print(f"events {stats.events_in:,} in {span:.2f}s after the first batch: {stats.events_in / span:,.0f} events/s "
               f"(busy {stats.busy_s:.2f}s of it in _process; start-up {stats.first_event_at - t0:.1f}s; wall {wall:.1f}s)")
         print(f"batches {stats.batches}, mean batch {stats.events_in / max(1, stats.batches):,.0f}")
+        if "t_end" in first:  # where the machine's two (or more) cores went between the first and last batch
+            dt = first["t_end"] - first["t"]
+            cores = {k: (v - first["threads"].get(k, 0.0)) / dt for k, v in first["threads_end"].items()}
+            busy = {k: round(v, 2) for k, v in sorted(cores.items(), key=lambda kv: -kv[1]) if v >= 0.01}
+            m0, b0 = first["broker"]
+            m1, b1 = first["broker_end"]
+            print(f"cores busy: this worker by thread {busy}; broker {(b1 - b0) / dt:.2f}; "
+                  f"whole machine {(m1 - m0) / dt:.2f} of {os.cpu_count()}")
 
 
 if __name__ == "__main__":

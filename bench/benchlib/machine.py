@@ -56,3 +56,21 @@ def cpu_seconds(pid: int | None = None) -> tuple[float, float | None]:
         except (OSError, IndexError, ValueError):
             pass
     return busy, proc
+
+
+def thread_cpu_seconds(pid: int | str = "self") -> dict[str, float]:
+    """CPU seconds so far of each thread of process ``pid``, summed by thread name
+    (librdkafka's ``rdk:broker…`` threads, ``rdk:main``, the interpreter's main thread …)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            raw = (task / "stat").read_text()
+        except OSError:
+            continue
+        name = raw[raw.index("(") + 1:raw.rindex(")")]
+        name = "rdk:broker" if name.startswith("rdk:broker") else name
+        stat = raw.rsplit(")", 1)[1].split()
+        out[name] = out.get(name, 0.0) + (int(stat[11]) + int(stat[12])) / tick
+    return out
+

@@ -61,6 +61,12 @@ def test_missing_key_in_typed_float_column_is_nan():
     assert col[0] == 1.5 and math.isnan(col[1])
 
 
+def test_none_in_typed_float_column_is_nan():
+    col = typed_batch([{"v": 1.5}, {"v": None}, {"v": 2}], {"v": "float"}).column("v")
+    assert col.dtype == np.float64
+    assert col[0] == 1.5 and math.isnan(col[1]) and col[2] == 2.0
+
+
 def test_nullable_str_keeps_none():
     col = typed_batch([{"v": "a"}, {"v": None}], {"v": "str"}).column("v")
     assert col.tolist() == ["a", None]

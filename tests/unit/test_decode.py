@@ -180,3 +180,23 @@ def test_next_offsets_takes_max_per_partition():
     topics = ["a", "a", "a", "b"]
     out = next_offsets(topics, np.array([0, 0, 0, 3]), np.array([5, 9, 7, 0]))
     assert out == {("a", 0): 10, ("b", 3): 1}
+
+
+def test_next_offsets_one_topic_many_messages_matches_the_per_message_rule():
+    # >= 64 messages of one topic take the numpy path; offsets out of order within a partition
+    rng = np.random.default_rng(7)
+    parts = rng.integers(0, 5, 300)
+    offs = rng.permutation(300) + 1000
+    expect: dict = {}
+    for p, o in zip(parts.tolist(), offs.tolist()):
+        expect[("a", p)] = max(expect.get(("a", p), 0), o + 1)
+    assert next_offsets(["a"] * 300, parts, offs) == expect
+
+
+def test_json_nested_too_deeply_is_one_reject_not_a_crash():
+    deep = b'{"x": 1, "n": 1, "extra": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    batch, offsets = decode_messages(msgs([b'{"x": 1, "n": 1}', deep, b'{"x": 2, "n": 2}']), SCHEMA)
+    assert batch.column("x").tolist() == [1.0, 2.0]
+    assert [(r.offset, r.reason) for r in batch.rejected] == [(101, "invalid_json")]
+    assert "nested too deeply" in batch.rejected[0].message
+    assert offsets == {("t.events", 0): 103}

@@ -112,6 +112,24 @@ def test_mixed_type_object_column_keeps_each_type():
     assert [(type(p), p) for p in parsed] == [(bool, True), (int, 1), (float, 1.0), (int, 0), (bool, False)]
 
 
+@pytest.mark.parametrize("first_varies", [True, False])
+def test_columns_with_one_value_for_every_row_interleave_with_varying_ones(first_varies):
+    """Constant columns (model, version, topic) are folded into shared bytes; the order stays declared."""
+    b = batch_of([b"{}", *INPUTS])
+    n = len(b)
+    cols = {"model": np.full(n, "fraud", dtype=object), "score": np.array([0.5, 0.25, 0.125, 1.0]),
+            "version": np.full(n, 3, dtype=np.int64), "topic": np.full(n, "t", dtype=object),
+            "offset": np.arange(n, dtype=np.int64), "flag": np.full(n, True)}
+    names = list(cols) if first_varies else list(cols)[::-1]
+    for name in names:
+        b.with_column(name, cols[name])
+    out = encode_outputs(b)
+    for i, (raw_in, raw_out) in enumerate(zip([b"{}", *INPUTS], out)):
+        expected = orjson.loads(raw_in) | {name: np.asarray(cols[name][i]).item() for name in names}
+        assert orjson.loads(raw_out) == expected
+        assert list(orjson.loads(raw_out))[-len(names):] == names
+
+
 def test_empty_object_input_gives_valid_json():
     b = batch_of([b"{}", b'{"a":1}', b"{}"]).with_column("score", np.array([0.1, 0.2, 0.3]))
     b.with_column("tag", np.array(["x", "y", "z"], dtype=object))

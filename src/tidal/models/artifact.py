@@ -15,6 +15,7 @@ import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -65,8 +66,7 @@ def feature_matrix(column: Callable[[str], np.ndarray], features: Sequence[str],
         values = column(f)
         table = codes.get(f)
         if table is not None:
-            get = table.get
-            values = np.fromiter((get(v, np.nan) for v in values.tolist()), np.float64, len(values))
+            values = np.fromiter(map(table.get, values.tolist(), repeat(np.nan)), np.float64, len(values))
         cols.append(np.asarray(values, dtype=np.float64))
     return np.column_stack(cols) if cols else np.empty((0, 0))
 

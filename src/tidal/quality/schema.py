@@ -283,10 +283,10 @@ class Schema:
 class _Guarded:
     """``decode`` that turns a RecursionError (absurdly deep JSON) into a ``msgspec.DecodeError``."""
 
-    __slots__ = ("_decode",)
+    __slots__ = ("_decode", "raw")
 
     def __init__(self, decode: Any) -> None:
-        self._decode = decode
+        self._decode = self.raw = decode  # ``raw``: unguarded, for callers that catch RecursionError
 
     def decode(self, value: bytes) -> Any:
         try:

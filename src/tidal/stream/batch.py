@@ -80,15 +80,22 @@ class Batch:
             col = np.empty(0, _DTYPES.get(self.types.get(name, "float"), np.float64))
         else:
             getter = itemgetter(name) if isinstance(self.rows[0], dict) else attrgetter(name)
-            try:
-                values = list(map(getter, self.rows))
-            except (KeyError, AttributeError):
-                values = [r.get(name) if isinstance(r, dict) else getattr(r, name, None) for r in self.rows]
             kind = self.types.get(name)
             dtype = _DTYPES.get(kind) if kind else None
-            if dtype in (np.int64, np.bool_) and None in values:
-                dtype = np.float64  # nullable ints/bools: None → NaN
-            col = np.array(values, dtype=dtype)
+            col = None
+            if dtype is np.float64 or dtype is np.int64:  # numbers go straight into the array
+                try:  # (a None becomes NaN in a float column; in an int column it raises: general path)
+                    col = np.fromiter(map(getter, self.rows), dtype, len(self.rows))
+                except (KeyError, AttributeError, TypeError, ValueError, OverflowError):
+                    pass
+            if col is None:
+                try:
+                    values = list(map(getter, self.rows))
+                except (KeyError, AttributeError):
+                    values = [r.get(name) if isinstance(r, dict) else getattr(r, name, None) for r in self.rows]
+                if dtype in (np.int64, np.bool_) and None in values:
+                    dtype = np.float64  # nullable ints/bools: None → NaN
+                col = np.array(values, dtype=dtype)
         self.columns[name] = col
         return col
 

@@ -7,6 +7,7 @@ rest of the batch goes on. Without a schema, values are parsed with orjson into 
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Any, Sequence
 
 import msgspec
@@ -19,10 +20,15 @@ from tidal.stream.batch import Batch, Reject
 __all__ = ["decode_messages", "decode_values", "next_offsets"]
 
 STEP = "decode"
+_second = itemgetter(1)
 
 
 def next_offsets(topics: Sequence[str], partitions: np.ndarray, offsets: np.ndarray) -> dict[tuple[str, int], int]:
-    """The offset to commit per (topic, partition): one past the last message seen."""
+    """The offset to commit per (topic, partition): one past the last (highest) message seen."""
+    n = len(topics)
+    if n >= 64 and topics.count(topics[0]) == n:  # one topic (the usual case): per partition in numpy
+        t = topics[0]
+        return {(t, q): int(offsets[partitions == q].max()) + 1 for q in np.unique(partitions).tolist()}
     out: dict[tuple[str, int], int] = {}
     for t, p, o in zip(topics, partitions.tolist(), offsets.tolist()):
         key = (t, p)
@@ -38,25 +44,31 @@ def decode_messages(msgs: Sequence[Any], schema: Schema | None = None) -> tuple[
     commit once the batch is delivered: one past the last message per (topic, partition).
     """
     n = len(msgs)
-    values = [m.value() for m in msgs]
+    cls = type(msgs[0]) if n else None
+    try:  # the class's own methods through map(): no per-message attribute lookup
+        values = list(map(cls.value, msgs))
+        keys, topics = list(map(cls.key, msgs)), list(map(cls.topic, msgs))
+        partitions = np.fromiter(map(cls.partition, msgs), np.int32, n)
+        offsets = np.fromiter(map(cls.offset, msgs), np.int64, n)
+        timestamps = np.fromiter(map(_second, map(cls.timestamp, msgs)), np.int64, n)
+    except (AttributeError, TypeError):  # empty, or messages of mixed classes
+        values, keys, topics = [m.value() for m in msgs], [m.key() for m in msgs], [m.topic() for m in msgs]
+        partitions = np.fromiter((m.partition() for m in msgs), np.int32, n)
+        offsets = np.fromiter((m.offset() for m in msgs), np.int64, n)
+        timestamps = np.fromiter((m.timestamp()[1] for m in msgs), np.int64, n)
     batch = Batch(
-        values=values,
-        keys=[m.key() for m in msgs],
-        topics=[m.topic() for m in msgs],
-        partitions=np.fromiter((m.partition() for m in msgs), np.int32, n),
-        offsets=np.fromiter((m.offset() for m in msgs), np.int64, n),
-        timestamps=np.fromiter((m.timestamp()[1] for m in msgs), np.int64, n),
+        values=values, keys=keys, topics=topics, partitions=partitions, offsets=offsets, timestamps=timestamps,
         rows=[],
         types={f.name: f.type for f in schema.fields} if schema else {},
     )
     offsets = next_offsets(batch.topics, batch.partitions, batch.offsets)
     decode = schema.one_decoder.decode if schema else orjson.loads
     try:
-        batch.rows = list(map(decode, values))
+        batch.rows = list(map(schema.one_decoder.raw if schema else decode, values))
         if schema is None and not all(type(r) is dict for r in batch.rows):
             raise msgspec.ValidationError("Expected `object`")
         return batch, offsets
-    except (msgspec.DecodeError, msgspec.ValidationError, orjson.JSONDecodeError, TypeError):
+    except (msgspec.DecodeError, msgspec.ValidationError, orjson.JSONDecodeError, TypeError, RecursionError):
         pass
     # Slow path, only for batches holding a bad record: find each one and say why.
     rows: list[Any] = []

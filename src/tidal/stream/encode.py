@@ -45,15 +45,25 @@ def encode_outputs(batch: Batch) -> list[bytes]:
     if not batch.outputs:
         return list(batch.values)  # type: ignore[arg-type]
     heads = [v[:-1] if v[-1] == 125 else v.rstrip()[:-1] for v in batch.values]  # 125 is "}"
-    frags = []
+    # Each row is joined from: its head, then per output column a constant (',"name":') and the
+    # row's cell. A column with one value for every row (model name, version, topic) folds into
+    # the constant, so only the columns that vary cost a fragment per row.
+    parts: list[Any] = [heads]
+    const = b""
     for name in batch.outputs:
-        prefix = b"," + orjson.dumps(name) + b":"
-        frags.append([prefix + cell for cell in column_fragments(batch.columns[name])])
-    out = list(map(b"".join, zip(heads, *frags, repeat(b"}"))))
+        const += b"," + orjson.dumps(name) + b":"
+        cells = column_fragments(batch.columns[name])
+        if cells and cells.count(cells[0]) == len(cells):
+            const += cells[0]
+        else:
+            parts += [repeat(const), cells]
+            const = b""
+    parts.append(repeat(const + b"}"))
+    out = list(map(b"".join, zip(*parts)))
     # An empty input object ("{}", "{ }") has no '"'; drop the comma its first field got.
     for i in np.flatnonzero(np.fromiter(map(len, heads), np.int64, len(heads)) < 8).tolist():
         if b'"' not in heads[i]:
-            out[i] = b"{" + b"".join(f[i] for f in frags)[1:] + b"}"
+            out[i] = b"{" + out[i][len(heads[i]) + 1:]
     return out
 
 

@@ -309,8 +309,12 @@ class Worker:
         return take_arrived(self.consumer, self.pipeline.max_batch, 0.1)
 
     def _drop_errors(self, msgs: list[Any]) -> list[Any]:
-        if not any(m.error() for m in msgs):
-            return msgs
+        try:
+            if not any(map(type(msgs[0]).error, msgs)):
+                return msgs
+        except TypeError:  # messages of mixed classes (tests' stand-ins)
+            if not any(m.error() for m in msgs):
+                return msgs
         good = []
         for m in msgs:
             err = m.error()
