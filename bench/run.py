@@ -75,13 +75,20 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--only", default=None, help="comma-separated scenario keys (see the docstring)")
     ap.add_argument("--skip", default="", help="comma-separated scenario keys to leave out")
     ap.add_argument("--events", type=int, default=None, help="override the main backlog size")
-    ap.add_argument("--out", type=Path, default=None, help="results file (default bench/results/<date>[-quick].json)")
+    ap.add_argument("--out", type=Path, default=None, help="results file (default bench/results/<date>[-quick][-partial].json; "
+                    "-partial when --only/--skip/--events/--knobs/--rates/--phase-s/--pacer-linger are given)")
     ap.add_argument("--knobs", default=None, help=f"latency knob sets, comma-separated: {', '.join(LATENCY_KNOBS)}")
     ap.add_argument("--rates", default=None, help="latency: offered events/s, comma-separated (0 = max)")
     ap.add_argument("--phase-s", type=float, default=None, help="latency: seconds per offered rate")
     ap.add_argument("--pacer-linger", type=float, default=None, help="latency pacer's linger.ms (default 5)")
     ap.add_argument("--no-report", action="store_true", help="don't draw charts or rewrite bench/README.md")
     return ap.parse_args(argv)
+
+
+def is_partial(args: argparse.Namespace) -> bool:
+    """Scenarios left out or sizes changed: not a run the README may be built from."""
+    return bool(args.only or args.skip or args.events or args.knobs or args.rates or args.phase_s
+                or args.pacer_linger is not None)
 
 
 ALL_KEYS = ["passthrough", "model_only", "tidal1", "tidal2", "tidal_dlq", "permessage", "permessage_booster", "quix",
@@ -151,12 +158,14 @@ def main(argv: list[str] | None = None) -> Path:
         "floors": floors(results),
         "results": results,
     }
-    out = args.out or RESULTS / f"{doc['date']}{'' if mode == 'full' else '-' + mode}.json"
+    # A partial run (--only/--skip) never replaces a whole run's file, which the README is built from.
+    partial = "-partial" if is_partial(args) else ""
+    out = args.out or RESULTS / f"{doc['date']}{'' if mode == 'full' else '-' + mode}{partial}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2) + "\n")
     print_table(doc)
     print(f"\nwritten {out} ({doc['duration_s']}s)")
-    if not args.no_report and mode != "smoke":
+    if not args.no_report and mode != "smoke" and not partial:  # charts and README: whole runs only
         import plot
         import report
 

@@ -96,3 +96,13 @@ def test_broker_drift_runs_on_a_tiny_input(tmp_path, bench_path):
 def test_every_scenario_script_compiles():
     for script in sorted((BENCH / "scenarios").glob("*.py")) + [BENCH / "run.py", BENCH / "plot.py", BENCH / "report.py"]:
         py_compile.compile(str(script), doraise=True)
+
+
+def test_partial_runs_get_their_own_results_file(bench_path):
+    """--only and size overrides never overwrite the whole run's file the README is built from."""
+    import run
+
+    assert not run.is_partial(run.parse([])) and not run.is_partial(run.parse(["--quick"]))
+    for argv in (["--only", "tidal1"], ["--skip", "faust"], ["--events", "1000"], ["--knobs", "wait5"],
+                 ["--rates", "1000"], ["--phase-s", "1"], ["--pacer-linger", "5"]):
+        assert run.is_partial(run.parse(argv)), argv
