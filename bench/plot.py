@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
         configs: dict[str, list[dict]] = {}
         for r in lat:
             label = _knob_text(r["knobs"]) if r.get("system", "tidal") == "tidal" else f"{r['system']} (floor)"
+            if r.get("partitions"):
+                label += f", {r['partitions']}p"
             configs.setdefault(label, []).append(r)
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), sharey=True)
         rates = sorted({r["offered_per_s"] or 10**9 for r in lat})

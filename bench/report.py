@@ -59,7 +59,11 @@ def render(doc: dict, path: Path) -> str:
     lat = [r for r in res if r.get("scenario") == "latency" and r.get("knobs")]
     if lat:
         out += ["", "#### Latency: event produced → prediction consumed (tidal, 1 worker)", "",
-                "Knobs: max_batch / max_wait_ms / producer linger.ms / consumer fetch.wait.max.ms. "
+                "Knobs: max_batch / max_wait_ms / producer linger.ms / consumer fetch.wait.max.ms; then the "
+                "partitions of the input and output topics (each setting runs on a fresh embedded broker). "
+                "One partition is enough for these loads on one worker; the 4-partition rows show what more "
+                "partitions cost on this broker, whose work per fetch grows with the batches stored in the "
+                "partitions fetched (`bench/broker_drift.py`). "
                 "\"max\" offers events as fast as one Python producer can, so its latency includes the queue that builds up.",
                 "The relay row is the floor under any consumer → producer process on this broker and machine: "
                 "consume, splice the timestamp into the bytes, produce at once (no decoding, no model, no commits). "
@@ -75,6 +79,8 @@ def render(doc: dict, path: Path) -> str:
             if not r.get("offered_per_s") and r.get("achieved_offered_per_s"):
                 offered += f" ({r['achieved_offered_per_s']:,.0f}/s)"
             who = _knobs(r["knobs"]) if r.get("system", "tidal") == "tidal" else f"**{r['system']}** (floor: no tidal)"
+            if r.get("partitions"):
+                who += f"; {r['partitions']} partition{'s' if r['partitions'] > 1 else ''}"
             out.append(f"| {who} | {offered} | {_n(r.get('events_per_s'))} | {_n(r.get('p50_ms'), 1)} | "
                        f"{_n(r.get('p95_ms'), 1)} | {_n(r.get('p99_ms'), 1)} | {_n(r.get('produced_p99_ms'), 1)} | "
                        f"{_n(r.get('worker_mean_batch'))} | {_n(r.get('worker_ms_per_batch'), 1)} | "

@@ -58,7 +58,7 @@ MODES = {
                    latency_configs=[LATENCY_KNOBS[k] for k in ("low-latency", "default")],
                    latency_rates=[1000, 10_000, 50_000, 0], latency_phase_s=2, latency_max_events=40_000,
                    max_batches=[20_000], rss_keys=[100_000], rss_events=100_000, online_events=10_000,
-                   dlq_scenario=False),
+                   dlq_scenario=False, latency_compare_partitions=None),
     "smoke": Sizes(events=3000, baseline_s=1, idle_exit_s=1, latency_configs=[LATENCY_KNOBS["low-latency"]],
                    latency_rates=[1000], latency_phase_s=1, latency_max_events=1000, max_batches=[],
                    rss_keys=[], rss_events=0, online_events=2000, dlq_scenario=False, timeout_s=60,
@@ -80,6 +80,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--knobs", default=None, help=f"latency knob sets, comma-separated: {', '.join(LATENCY_KNOBS)}")
     ap.add_argument("--rates", default=None, help="latency: offered events/s, comma-separated (0 = max)")
     ap.add_argument("--phase-s", type=float, default=None, help="latency: seconds per offered rate")
+    ap.add_argument("--latency-partitions", type=int, default=None, help="latency topics' partitions (default 1)")
     ap.add_argument("--pacer-linger", type=float, default=None, help="latency pacer's linger.ms (default 5)")
     ap.add_argument("--no-report", action="store_true", help="don't draw charts or rewrite bench/README.md")
     return ap.parse_args(argv)
@@ -88,7 +89,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def is_partial(args: argparse.Namespace) -> bool:
     """Scenarios left out or sizes changed: not a run the README may be built from."""
     return bool(args.only or args.skip or args.events or args.knobs or args.rates or args.phase_s
-                or args.pacer_linger is not None)
+                or args.pacer_linger is not None or args.latency_partitions)
 
 
 ALL_KEYS = ["passthrough", "model_only", "tidal1", "tidal2", "tidal_dlq", "permessage", "permessage_booster", "quix",
@@ -104,6 +105,8 @@ def main(argv: list[str] | None = None) -> Path:
         sizes.events = args.events
     if args.pacer_linger is not None:
         sizes.pacer_linger_ms = args.pacer_linger
+    if args.latency_partitions:
+        sizes.latency_partitions = args.latency_partitions
     if args.rates:
         sizes.latency_rates = [int(r) for r in args.rates.split(",")]
     if args.phase_s:
@@ -211,7 +214,9 @@ def floors(results: list[dict]) -> list[dict]:
     from scenarios.latency import knob_text
 
     for r in at10k:
-        out.append({"floor": f"tidal p99 < 50 ms at 10k events/s offered ({knob_text(r['knobs'])})",
+        n = r.get("partitions", 4)
+        out.append({"floor": f"tidal p99 < 50 ms at 10k events/s offered ({knob_text(r['knobs'])}; "
+                             f"{n} partition{'s' if n > 1 else ''})",
                     "value": r["p99_ms"], "need": 50, "met": bool(r["p99_ms"] < 50)})
     return out
 

@@ -37,6 +37,8 @@ class Sizes:
     pass_repeat: int = 1              # the passthrough drains the backlog repeated this many times
     pacer_linger_ms: float = 5        # the latency pacer's producer linger (librdkafka's default)
     latency_relay: bool = True        # also measure the relay floor (no tidal) under the same loads
+    latency_partitions: int = 1       # partitions of the latency topics (one worker needs one at these loads)
+    latency_compare_partitions: int | None = 4  # then low-latency and the relay at 10k/s on this many
     timeout_s: float = 240.0
 
 

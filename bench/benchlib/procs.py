@@ -70,10 +70,11 @@ class RssSampler:
 
 
 def write_spec(folder: Path, name: str, source: str, schema: dict, steps: list[dict], max_batch: int = 5000,
-               max_wait_ms: int = 50, producer: dict | None = None, consumer: dict | None = None) -> Path:
+               max_wait_ms: int = 50, producer: dict | None = None, consumer: dict | None = None,
+               partitions: int = 4) -> Path:
     """A pipeline YAML reading ``source`` into its own group and sink (``<name>.predictions``)."""
     spec = {"pipeline": name, "source": source, "group": f"bench.{name}", "schema": schema, "steps": steps,
-            "batch": {"max_batch": max_batch, "max_wait_ms": max_wait_ms}, "partitions": 4,
+            "batch": {"max_batch": max_batch, "max_wait_ms": max_wait_ms}, "partitions": partitions,
             "kafka": {"consumer": dict(consumer or {}), "producer": dict(producer or {})}}
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))

@@ -14,6 +14,14 @@ predictions as they arrive. Per event:
 Everything (broker, pacer, worker, tracker) shares this machine's cores. The first 5% of each
 phase is dropped as warm-up.
 
+The latency topics have one partition (``Sizes.latency_partitions``): one worker handles these
+loads, and the embedded broker's cost per fetch grows with the batches stored in the fetched
+partitions (``bench/broker_drift.py``: the broker's CPU and a single hop's p99 rise second by
+second while a topic is produced to and read at once; bigger producer batches or fewer
+partitions slow that). Then the lowest-latency knobs and the relay run once more at 10k/s on
+``latency_compare_partitions`` (4) partitions, so the table shows what the partition count
+costs on this broker.
+
 The same phases also run through a **relay** (``passthrough_app.py relay``: consume, splice
 the source timestamp into the bytes, produce at once; no decoding, no model, no commit): the
 floor that this broker, the clients and the machine put under any consumer → producer
@@ -32,7 +40,6 @@ import numpy as np
 from confluent_kafka import Consumer, TopicPartition
 
 from benchlib.context import Ctx
-from benchlib.kafka import PARTITIONS
 from benchlib.machine import cpu_seconds
 from benchlib.procs import BENCH, env_for, scrape, start_tidal, write_spec
 from tidal.broker import TopicSpec, ensure_topics
@@ -46,11 +53,11 @@ class _Out(msgspec.Struct):
 class Tracker:
     """Reads a predictions topic as it fills: (receive time, output CreateTime, source time) per record."""
 
-    def __init__(self, ctx: Ctx, topic: str) -> None:
+    def __init__(self, ctx: Ctx, topic: str, partitions: int) -> None:
         self.consumer = Consumer(ctx.settings.client_config({
             "group.id": "bench-latency-tracker", "enable.auto.commit": False, "fetch.wait.max.ms": 5,
             "log_level": 3}))
-        self.consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
+        self.consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
         self.decode = msgspec.json.Decoder(_Out).decode
         self.recv: list[float] = []
         self.out_ts: list[int] = []
@@ -105,6 +112,22 @@ def _offer(ctx: Ctx, tracker: Tracker, topic: str, start: int, count: int, rate:
 RELAY_KNOBS = {"max_batch": 5000, "max_wait_ms": 0, "linger_ms": 1, "fetch_wait_ms": 5}
 
 
+def plan(s) -> list[tuple[str, dict, int, list[int]]]:
+    """(system, knobs, partitions, offered rates) of each run: every knob setting and the relay
+    on ``latency_partitions``; then the first knob setting and the relay at 10k/s on
+    ``latency_compare_partitions``."""
+    main = s.latency_partitions
+    runs = [("tidal", k, main, s.latency_rates) for k in s.latency_configs]
+    if s.latency_relay:
+        runs.append(("limit: relay", RELAY_KNOBS, main, s.latency_rates))
+    more = s.latency_compare_partitions
+    if more and more != main and 10_000 in s.latency_rates:
+        runs += [("tidal", k, more, [10_000]) for k in s.latency_configs[:1]]
+        if s.latency_relay:
+            runs.append(("limit: relay", RELAY_KNOBS, more, [10_000]))
+    return runs
+
+
 def run(ctx: Ctx) -> None:
     """Each knob setting (and the relay) on a fresh embedded broker: Tansu's in-memory storage
     gets slower as it holds more data (see bench/broker_drift.py), so after the throughput
@@ -112,26 +135,24 @@ def run(ctx: Ctx) -> None:
     from tidal.broker import EmbeddedBroker
     from tidal.config import KafkaSettings
 
-    configs = [("tidal", k) for k in ctx.sizes.latency_configs]
-    if getattr(ctx.sizes, "latency_relay", True):
-        configs.append(("limit: relay", RELAY_KNOBS))
-    for i, (system, knobs) in enumerate(configs):
+    for i, (system, knobs, partitions, rates) in enumerate(plan(ctx.sizes)):
         with EmbeddedBroker(log_path=ctx.work / f"broker-latency-{i}.log") as broker:
             own = dataclasses.replace(ctx, settings=KafkaSettings(broker.bootstrap),
                                       broker_pid=broker.process.pid if broker.process else None)
-            _measure(own, system, knobs)
+            _measure(own, system, knobs, partitions, rates)
 
 
-def _measure(ctx: Ctx, system: str, knobs: dict) -> None:
+def _measure(ctx: Ctx, system: str, knobs: dict, partitions: int, rates: list[int]) -> None:
     """Warm-up, then one phase per offered rate, through one worker (or the relay)."""
     s = ctx.sizes
     knob_label = knob_text(knobs) if system == "tidal" else "relay: no decode, no model, no commit"
+    knob_label += f"; {partitions} partition{'s' if partitions > 1 else ''}"
     name = ctx.fresh("lat")
     source = f"{name}.events"
-    ensure_topics(ctx.settings, [TopicSpec(source, PARTITIONS), TopicSpec(f"{name}.predictions", PARTITIONS)])
+    ensure_topics(ctx.settings, [TopicSpec(source, partitions), TopicSpec(f"{name}.predictions", partitions)])
     if system == "tidal":
         spec = write_spec(ctx.work, name, source, _schema(), [{"score": {"model": str(ctx.model["artifact"])}}],
-                          max_batch=knobs["max_batch"], max_wait_ms=knobs["max_wait_ms"],
+                          max_batch=knobs["max_batch"], max_wait_ms=knobs["max_wait_ms"], partitions=partitions,
                           producer={"linger.ms": knobs["linger_ms"]},
                           consumer={"fetch.wait.max.ms": knobs["fetch_wait_ms"]} if "fetch_wait_ms" in knobs else None)
         worker = start_tidal(spec, ctx.bootstrap, 1, ctx.work / f"{name}-stats.json", log=ctx.log)
@@ -139,18 +160,18 @@ def _measure(ctx: Ctx, system: str, knobs: dict) -> None:
         worker = subprocess.Popen([sys.executable, str(BENCH / "scenarios" / "passthrough_app.py"), ctx.bootstrap,
                                    source, f"{name}.predictions", "0", "relay", str(ctx.work / f"{name}-relay.json")],
                                   env=env_for(ctx.bootstrap), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    tracker = Tracker(ctx, f"{name}.predictions")
+    tracker = Tracker(ctx, f"{name}.predictions", partitions)
     try:
         # Warm-up: wait for the group join and the first outputs before measuring.
         _, got = _offer(ctx, tracker, source, 0, 200, 1000, f"{name}-warm", 60)
         tracker.take()
         if got < 200:
             ctx.add(system=system, scenario="latency", label=f"{knob_label}: worker did not start",
-                    knobs=knobs, events_per_s=None)
+                    knobs=knobs, partitions=partitions, events_per_s=None)
             return
         start = 200
         port = getattr(worker, "metrics_port", 0)
-        for rate in s.latency_rates:
+        for rate in rates:
             count = int(rate * s.latency_phase_s) if rate else s.latency_max_events
             before, t_phase = scrape(port) if port else {}, time.monotonic()
             cpu_before = cpu_seconds(ctx.broker_pid)
@@ -166,7 +187,7 @@ def _measure(ctx: Ctx, system: str, knobs: dict) -> None:
             span = (out_ts.max() - out_ts.min()) / 1000 if len(out_ts) > 1 else 0
             p50, p95, p99 = _pct(consumed) if len(consumed) else (None,) * 3
             q50, q95, q99 = _pct(produced) if len(produced) else (None,) * 3
-            ctx.add(system=system, scenario="latency", knobs=knobs,
+            ctx.add(system=system, scenario="latency", knobs=knobs, partitions=partitions,
                     label=f"{'max' if not rate else f'{rate:,}/s'} offered; {knob_label}",
                     offered_per_s=rate or None, achieved_offered_per_s=pacer.get("rate"),
                     events_per_s=len(out_ts) / span if span else None, events=count, received=got,
@@ -182,7 +203,7 @@ def _measure(ctx: Ctx, system: str, knobs: dict) -> None:
         except subprocess.TimeoutExpired:
             worker.kill()
         if system == "tidal":
-            _worker_summary(ctx, name, knobs)
+            _worker_summary(ctx, name, knobs, partitions)
 
 
 def _p99_by_second(src_ts: np.ndarray, latency: np.ndarray) -> list[float]:
@@ -217,7 +238,7 @@ def _phase_metrics(before: dict, after: dict, seconds: float) -> dict:
             "worker_step_ms_per_batch": steps}
 
 
-def _worker_summary(ctx: Ctx, name: str, knobs: dict) -> None:
+def _worker_summary(ctx: Ctx, name: str, knobs: dict, partitions: int) -> None:
     """The worker's own counts over all phases: batches, mean batch size, time busy in a batch."""
     import json
 
@@ -226,7 +247,8 @@ def _worker_summary(ctx: Ctx, name: str, knobs: dict) -> None:
         return
     st = json.loads(path.read_text())
     for r in ctx.results:
-        if r.get("scenario") == "latency" and r.get("knobs") == knobs and r.get("system") == "tidal":
+        if (r.get("scenario") == "latency" and r.get("knobs") == knobs and r.get("system") == "tidal"
+                and r.get("partitions") == partitions):
             r["worker_all_phases"] = {"batches": st["batches"], "events_in": st["events_in"], "busy_s": st["busy_s"]}
 
 

@@ -106,3 +106,18 @@ def test_partial_runs_get_their_own_results_file(bench_path):
     for argv in (["--only", "tidal1"], ["--skip", "faust"], ["--events", "1000"], ["--knobs", "wait5"],
                  ["--rates", "1000"], ["--phase-s", "1"], ["--pacer-linger", "5"]):
         assert run.is_partial(run.parse(argv)), argv
+
+
+def test_latency_plan_runs_every_knob_then_compares_partitions_at_10k(bench_path):
+    import run
+    from scenarios.latency import RELAY_KNOBS, plan
+
+    full = run.MODES["full"]
+    runs = plan(full)
+    main = [r for r in runs if r[2] == full.latency_partitions]
+    assert [r[1] for r in main] == [*full.latency_configs, RELAY_KNOBS]
+    assert all(r[3] == full.latency_rates for r in main)
+    more = [r for r in runs if r[2] == full.latency_compare_partitions]
+    assert [(r[0], r[1], r[3]) for r in more] == [("tidal", full.latency_configs[0], [10_000]),
+                                                  ("limit: relay", RELAY_KNOBS, [10_000])]
+    assert all(r[2] == run.MODES["quick"].latency_partitions for r in plan(run.MODES["quick"]))
