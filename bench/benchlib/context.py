@@ -39,6 +39,7 @@ class Sizes:
     latency_relay: bool = True        # also measure the relay floor (no tidal) under the same loads
     latency_partitions: int = 1       # partitions of the latency topics (one worker needs one at these loads)
     latency_compare_partitions: int | None = 4  # then low-latency and the relay at 10k/s on this many
+    latency_fresh_per_rate: bool = True  # each offered rate on its own fresh broker, topics and worker
     timeout_s: float = 240.0
 
 
@@ -53,7 +54,9 @@ class Ctx:
     model: dict[str, Any]
     only: set[str] | None = None
     broker_pid: int | None = None     # the latency scenario's own broker, for its CPU use per phase
+    external: bool = False            # a cluster given with --bootstrap: no fresh brokers, topics deleted after
     results: list[dict] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)  # every fresh() name: its topics are this run's
     log: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -68,7 +71,23 @@ class Ctx:
         return self.only is None or key in self.only
 
     def fresh(self, prefix: str) -> str:
-        return f"{prefix}{uuid.uuid4().hex[:6]}"
+        name = f"{prefix}{uuid.uuid4().hex[:6]}"
+        self.names.append(name)
+        return name
+
+    def own_topics(self, topics: list[str]) -> list[str]:
+        """Which of ``topics`` this run made: a fresh() name, or one of its ``name.*`` topics."""
+        mine = set(self.names)
+        return [t for t in topics if t in mine or t.split(".", 1)[0] in mine]
+
+    def cleanup(self) -> list[str]:
+        """Delete the topics this run made (on an external cluster; the embedded broker just stops)."""
+        from confluent_kafka.admin import AdminClient
+
+        existing = list(AdminClient(self.settings.client_config({"log_level": 0})).list_topics(timeout=15).topics)
+        doomed = self.own_topics(existing)
+        delete_topics(self.settings, doomed)
+        return doomed
 
     def add(self, **entry: Any) -> dict:
         entry = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in entry.items()}

@@ -113,13 +113,16 @@ RELAY_KNOBS = {"max_batch": 5000, "max_wait_ms": 0, "linger_ms": 1, "fetch_wait_
 
 
 def plan(s) -> list[tuple[str, dict, int, list[int]]]:
-    """(system, knobs, partitions, offered rates) of each run: every knob setting and the relay
-    on ``latency_partitions``; then the first knob setting and the relay at 10k/s on
-    ``latency_compare_partitions``."""
+    """(system, knobs, partitions, offered rates) of each run, each on a fresh broker: every knob
+    setting and the relay on ``latency_partitions`` (one run per rate with
+    ``latency_fresh_per_rate``, else all rates in turn); then the first knob setting and the
+    relay at 10k/s on ``latency_compare_partitions``."""
     main = s.latency_partitions
     runs = [("tidal", k, main, s.latency_rates) for k in s.latency_configs]
     if s.latency_relay:
         runs.append(("limit: relay", RELAY_KNOBS, main, s.latency_rates))
+    if s.latency_fresh_per_rate:  # no phase inherits the batches an earlier one left in the broker
+        runs = [(system, k, p, [rate]) for system, k, p, rates in runs for rate in rates]
     more = s.latency_compare_partitions
     if more and more != main and 10_000 in s.latency_rates:
         runs += [("tidal", k, more, [10_000]) for k in s.latency_configs[:1]]
@@ -136,6 +139,9 @@ def run(ctx: Ctx) -> None:
     from tidal.config import KafkaSettings
 
     for i, (system, knobs, partitions, rates) in enumerate(plan(ctx.sizes)):
+        if ctx.external:  # a cluster given with --bootstrap: fresh topics on it
+            _measure(ctx, system, knobs, partitions, rates)
+            continue
         with EmbeddedBroker(log_path=ctx.work / f"broker-latency-{i}.log") as broker:
             own = dataclasses.replace(ctx, settings=KafkaSettings(broker.bootstrap),
                                       broker_pid=broker.process.pid if broker.process else None)
@@ -187,7 +193,7 @@ def _measure(ctx: Ctx, system: str, knobs: dict, partitions: int, rates: list[in
             span = (out_ts.max() - out_ts.min()) / 1000 if len(out_ts) > 1 else 0
             p50, p95, p99 = _pct(consumed) if len(consumed) else (None,) * 3
             q50, q95, q99 = _pct(produced) if len(produced) else (None,) * 3
-            ctx.add(system=system, scenario="latency", knobs=knobs, partitions=partitions,
+            ctx.add(system=system, scenario="latency", knobs=knobs, partitions=partitions, run=name,
                     label=f"{'max' if not rate else f'{rate:,}/s'} offered; {knob_label}",
                     offered_per_s=rate or None, achieved_offered_per_s=pacer.get("rate"),
                     events_per_s=len(out_ts) / span if span else None, events=count, received=got,
@@ -203,7 +209,7 @@ def _measure(ctx: Ctx, system: str, knobs: dict, partitions: int, rates: list[in
         except subprocess.TimeoutExpired:
             worker.kill()
         if system == "tidal":
-            _worker_summary(ctx, name, knobs, partitions)
+            _worker_summary(ctx, name)
 
 
 def _p99_by_second(src_ts: np.ndarray, latency: np.ndarray) -> list[float]:
@@ -238,7 +244,7 @@ def _phase_metrics(before: dict, after: dict, seconds: float) -> dict:
             "worker_step_ms_per_batch": steps}
 
 
-def _worker_summary(ctx: Ctx, name: str, knobs: dict, partitions: int) -> None:
+def _worker_summary(ctx: Ctx, name: str) -> None:
     """The worker's own counts over all phases: batches, mean batch size, time busy in a batch."""
     import json
 
@@ -247,8 +253,7 @@ def _worker_summary(ctx: Ctx, name: str, knobs: dict, partitions: int) -> None:
         return
     st = json.loads(path.read_text())
     for r in ctx.results:
-        if (r.get("scenario") == "latency" and r.get("knobs") == knobs and r.get("system") == "tidal"
-                and r.get("partitions") == partitions):
+        if r.get("scenario") == "latency" and r.get("run") == name:
             r["worker_all_phases"] = {"batches": st["batches"], "events_in": st["events_in"], "busy_s": st["busy_s"]}
 
 

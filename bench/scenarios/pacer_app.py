@@ -22,10 +22,13 @@ def main(bootstrap: str, topic: str, events: str, start: int, count: int, rate: 
          linger_ms: float = 5) -> None:
     from confluent_kafka import Producer
 
+    from tidal.config import KafkaSettings
+
     keys, values = pickle.loads(Path(events).read_bytes())
     n = len(values)
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": linger_ms, "log_level": 3,
-                  "queue.buffering.max.messages": 1_000_000})
+    settings = KafkaSettings.resolve(bootstrap)  # plus TIDAL_KAFKA_* / TIDAL_KAFKA_CONFIG (SASL, TLS)
+    p = Producer(settings.client_config({"linger.ms": linger_ms, "log_level": 3,
+                                         "queue.buffering.max.messages": 1_000_000}))
     produce, poll = p.produce, p.poll
     sent = 0
     t0 = time.perf_counter()

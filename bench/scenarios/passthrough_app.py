@@ -32,7 +32,7 @@ def main(bootstrap: str, source: str, sink: str, events: int, mode: str, stats_p
     from tidal.config import KafkaSettings
     from tidal.stream.worker import take_arrived
 
-    settings = KafkaSettings(bootstrap)
+    settings = KafkaSettings.resolve(bootstrap)  # plus TIDAL_KAFKA_* / TIDAL_KAFKA_CONFIG (SASL, TLS)
     relay = mode == "relay"
     c = group_consumer(settings, f"passthrough-{uuid.uuid4().hex[:8]}", {"fetch.wait.max.ms": 5} if relay else None)
     c.subscribe([source])

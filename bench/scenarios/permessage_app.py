@@ -29,6 +29,7 @@ def main(bootstrap: str, source: str, sink: str, model_path: str, seconds: float
 
     from benchlib.events import CATEGORICAL, row_features
     from benchlib.kafka import GROUP_TIMEOUTS
+    from tidal.config import KafkaSettings
     from tidal.models.artifact import category_codes
 
     model = joblib.load(model_path)
@@ -43,9 +44,10 @@ def main(bootstrap: str, source: str, sink: str, model_path: str, seconds: float
         def predict_one(features: list[float]) -> float:
             return float(model.predict_proba([features])[0][1])
     codes = category_codes(CATEGORICAL)
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"permessage-{uuid.uuid4().hex[:8]}",
-                         "auto.offset.reset": "earliest", **GROUP_TIMEOUTS})
-    producer = Producer({"bootstrap.servers": bootstrap})
+    settings = KafkaSettings.resolve(bootstrap)  # plus TIDAL_KAFKA_* / TIDAL_KAFKA_CONFIG (SASL, TLS)
+    consumer = Consumer(settings.client_config({"group.id": f"permessage-{uuid.uuid4().hex[:8]}",
+                                                "auto.offset.reset": "earliest", **GROUP_TIMEOUTS}))
+    producer = Producer(settings.client_config())
     consumer.subscribe([source])
     seen, first, last = 0, None, None
     while True:

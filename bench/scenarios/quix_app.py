@@ -27,14 +27,17 @@ def main(bootstrap: str, source: str, sink: str, model_path: str, seconds: float
     from quixstreams import Application
 
     from benchlib.events import CATEGORICAL, row_features
+    from tidal.config import KafkaSettings
     from tidal.models.artifact import category_codes
 
     model = joblib.load(model_path)
     codes = category_codes(CATEGORICAL)
+    extra = dict(KafkaSettings.resolve(bootstrap).extra)  # TIDAL_KAFKA_* / TIDAL_KAFKA_CONFIG (SASL, TLS)
     app = Application(broker_address=bootstrap, consumer_group=f"quix-{uuid.uuid4().hex[:8]}",
                       auto_offset_reset="earliest", loglevel="WARNING", use_changelog_topics=False,
                       state_dir=tempfile.mkdtemp(prefix="quix-state-"), auto_create_topics=False,
-                      consumer_extra_config={"session.timeout.ms": 10000, "heartbeat.interval.ms": 1000})
+                      consumer_extra_config={**extra, "session.timeout.ms": 10000, "heartbeat.interval.ms": 1000},
+                      producer_extra_config=extra)
     inp = app.topic(source, value_deserializer="json", key_deserializer="str")
     out = app.topic(sink, value_serializer="json", key_serializer="str")
     stats = {"events": 0, "first_event_at": None, "last_event_at": None, "started_at": t_start}

@@ -47,7 +47,7 @@ def run(ctx: Ctx) -> None:
         # inside it. The same events, repeated; its rate is still the steady-state window.
         from benchlib.kafka import fill
 
-        pass_topic, n_pass = "bench.pass", n * ctx.sizes.pass_repeat
+        pass_topic, n_pass = ctx.fresh("bench-pass-"), n * ctx.sizes.pass_repeat
         fill(ctx.settings, pass_topic, ctx.events.keys * ctx.sizes.pass_repeat,
              ctx.events.values * ctx.sizes.pass_repeat)
     pass_runs: list[dict] = []

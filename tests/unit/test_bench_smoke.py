@@ -57,11 +57,41 @@ def test_suite_runs_on_a_tiny_input(tmp_path, bench_path):
 
     text = report.render(doc, out)
     assert "Scoring throughput" in text and "Latency" in text
+    readme = report.README.read_text()
+    assert report.main([str(out)]) == text and report.README.read_text() == readme  # not a full run: untouched
     if importlib.util.find_spec("matplotlib"):
         import plot
 
         charts = plot.main([str(out)])
         assert {c.name for c in charts} >= {"smoke-throughput.png", "smoke-latency.png"}
+
+
+@pytest.mark.timeout(120)
+def test_suite_runs_on_an_external_cluster_and_deletes_its_topics(tmp_path, bench_path):
+    """``--bootstrap``: no broker of its own; fresh topics on the given cluster, removed at the end."""
+    from confluent_kafka.admin import AdminClient
+
+    from tidal.broker import EmbeddedBroker
+
+    out = tmp_path / "external.json"
+    env = {**os.environ, "TIDAL_HOME": str(tmp_path / "home")}
+    env.pop("TIDAL_BOOTSTRAP_SERVERS", None)
+    tidal = Path(sys.executable).with_name("tidal")
+    with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
+        def topics() -> set[str]:
+            return set(AdminClient({"bootstrap.servers": broker.bootstrap}).list_topics(timeout=10).topics)
+
+        before = topics()
+        cmd = [str(tidal), "bench", "--bootstrap", broker.bootstrap, "--only", "tidal1", "--out", str(out),
+               "--", "--smoke", "--no-report"]
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=110, env=env)
+        assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+        left = topics() - before - {"tidal.models", "tidal.alerts", "__consumer_offsets"}
+    doc = json.loads(out.read_text())
+    assert doc["broker"] == f"external: {broker.bootstrap}"
+    tidal_run = next(r for r in doc["results"] if r["system"] == "tidal")
+    assert tidal_run["outputs"] == tidal_run["expected"] == doc["events"] and tidal_run["exit_code"] == 0
+    assert "deleted" in run.stdout and not left, left
 
 
 def test_river_step_and_loop_in_memory(bench_path):
@@ -115,9 +145,11 @@ def test_latency_plan_runs_every_knob_then_compares_partitions_at_10k(bench_path
     full = run.MODES["full"]
     runs = plan(full)
     main = [r for r in runs if r[2] == full.latency_partitions]
-    assert [r[1] for r in main] == [*full.latency_configs, RELAY_KNOBS]
-    assert all(r[3] == full.latency_rates for r in main)
+    assert [(r[1], r[3]) for r in main] == [(k, [rate]) for k in [*full.latency_configs, RELAY_KNOBS]
+                                            for rate in full.latency_rates]  # each rate on a fresh broker
     more = [r for r in runs if r[2] == full.latency_compare_partitions]
     assert [(r[0], r[1], r[3]) for r in more] == [("tidal", full.latency_configs[0], [10_000]),
                                                   ("limit: relay", RELAY_KNOBS, [10_000])]
-    assert all(r[2] == run.MODES["quick"].latency_partitions for r in plan(run.MODES["quick"]))
+    quick = run.MODES["quick"]
+    assert [(r[1], r[2], r[3]) for r in plan(quick)] == [(k, 1, quick.latency_rates)
+                                                        for k in [*quick.latency_configs, RELAY_KNOBS]]

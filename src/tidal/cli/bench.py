@@ -29,6 +29,11 @@ def bench(quick: bool = typer.Option(False, "--quick", help="Smaller sizes: unde
           only: Optional[str] = typer.Option(None, help="Comma-separated scenario keys (bench/README.md)."),
           skip: Optional[str] = typer.Option(None, help="Comma-separated scenario keys to leave out."),
           out: Optional[Path] = typer.Option(None, help="Results file (default bench/results/<date>[-quick].json)."),
+          bootstrap: Optional[str] = typer.Option(
+              None, "--bootstrap", "-b", envvar="TIDAL_BOOTSTRAP_SERVERS",
+              help="Run against this Kafka cluster instead of a fresh embedded broker (its topics are deleted after)."),
+          kafka_config: Optional[Path] = typer.Option(
+              None, "--kafka-config", envvar="TIDAL_KAFKA_CONFIG", help="librdkafka .properties file (SASL, TLS, ...)."),
           extra: Optional[List[str]] = typer.Argument(None, help="More arguments for bench/run.py (after --).")) -> None:
     """Run the benchmark suite: tidal against passthrough, per-message, Quix Streams, Faust; latency; scaling."""
     script = find_bench()
@@ -39,8 +44,11 @@ def bench(quick: bool = typer.Option(False, "--quick", help="Smaller sizes: unde
     cmd = [sys.executable, str(script)]
     if quick:
         cmd.append("--quick")
-    for flag, value in (("--only", only), ("--skip", skip), ("--out", out)):
+    for flag, value in (("--only", only), ("--skip", skip), ("--out", out), ("--bootstrap", bootstrap)):
         if value:
             cmd += [flag, str(value)]
     cmd += list(extra or [])
-    raise typer.Exit(subprocess.call(cmd, cwd=script.parents[1], env=os.environ.copy()))
+    env = os.environ.copy()
+    if kafka_config:
+        env["TIDAL_KAFKA_CONFIG"] = str(Path(kafka_config).resolve())
+    raise typer.Exit(subprocess.call(cmd, cwd=script.parents[1], env=env))
