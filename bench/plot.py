@@ -84,8 +84,12 @@ def main(argv: list[str] | None = None) -> list[Path]:
             ax.set_title(f"{title}: event produced → prediction consumed", fontsize=10)
             ax.grid(alpha=0.3)
         axes[0].set_ylabel("ms (log scale); dashed: 50 ms")
-        axes[1].legend(fontsize=7, loc="upper left")
-        fig.suptitle(f"tidal end-to-end latency vs offered load, by batching knobs\n{subtitle}", fontsize=10)
+        fig.legend(*axes[1].get_legend_handles_labels(), fontsize=7, loc="lower center", ncol=2,
+                   bbox_to_anchor=(0.5, -0.02 - 0.035 * ((len(configs) + 1) // 2)))
+        parts = sorted({r.get("partitions", 4) for r in lat})
+        where = subtitle.replace("4 partitions", "topics of " + " or ".join(f"{p}" for p in parts) + " partition(s), "
+                                 "a fresh broker per setting (1p / 4p in the legend)")
+        fig.suptitle(f"tidal end-to-end latency vs offered load, by batching knobs\n{where}", fontsize=10)
         fig.tight_layout(rect=(0, 0, 1, 0.93))
         save(fig, "latency")
 
@@ -151,7 +155,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
 def _knob_text(knobs: dict) -> str:
     text = f"max_batch {knobs['max_batch']}, max_wait {knobs['max_wait_ms']} ms, linger {knobs['linger_ms']} ms"
-    fetch = knobs.get("fetch_wait_ms", min(100, knobs["max_wait_ms"]))
+    fetch = knobs.get("fetch_wait_ms", max(5, min(100, knobs["max_wait_ms"])))  # as tidal's worker sets it
     return text + f", fetch.wait {fetch} ms"
 
 

@@ -133,6 +133,11 @@ def render(doc: dict, path: Path) -> str:
     return "\n".join(out) + "\n"
 
 
+def _kind(path: Path) -> str:
+    """What a results file holds: its name after the date (``2026-12-03-broker-drift`` → ``broker-drift``)."""
+    return path.stem[len("2026-12-03-"):]
+
+
 def _gathered(folder: Path) -> list[str]:
     """Hot-swap and drift numbers from the other issues' benchmark scripts (their own results files)."""
     out = ["", "#### ML cost: hot-swap and drift detection (gathered from the other benchmarks' results files)", ""]
@@ -148,7 +153,7 @@ def _gathered(folder: Path) -> list[str]:
                    f"around the swap stayed between {min(buckets):,} and {max(buckets):,}." if buckets else "")
     else:
         out.append("- **hot-swap**: pending: no hot-swap results file yet (`bench/hotswap_bench.py`).")
-    drifts = sorted(folder.glob("20*-drift*.json"))
+    drifts = sorted(p for p in folder.glob("20*-drift.json") if _kind(p) == "drift")  # not broker_drift.py's
     if drifts:
         d = json.loads(drifts[-1].read_text())
         src = f"`bench/drift_bench.py`, `{drifts[-1].relative_to(BENCH)}`"
@@ -168,7 +173,8 @@ def _gathered(folder: Path) -> list[str]:
     else:
         out.append("- **drift-detection delay**: pending: no drift benchmark or results file yet.")
     mine = ("quick", "smoke", "hotswap", "drift", "score")
-    others = [p for p in sorted(folder.glob("20*-*-*-*.json")) if p.stem.split("-")[-1] not in mine]
+    others = [p for p in sorted(folder.glob("20*-*-*-*.json"))
+              if _kind(p) not in mine and not _kind(p).endswith(("partial", "external"))]
     if others:
         out.append("- other benchmarks with their own results files (not part of this suite's run): "
                    + ", ".join(f"`{p.relative_to(BENCH)}`" for p in others) + ".")

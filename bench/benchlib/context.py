@@ -33,6 +33,7 @@ class Sizes:
     rss_events: int
     online_events: int
     dlq_scenario: bool = True
+    alo_baseline: bool = True         # the passthrough with tidal's delivery sequence too
     repeats: int = 1                  # passthrough / tidal 1-worker alternations
     pass_repeat: int = 1              # the passthrough drains the backlog repeated this many times
     pacer_linger_ms: float = 5        # the latency pacer's producer linger (librdkafka's default)

@@ -62,7 +62,7 @@ def run(ctx: Ctx) -> None:
         ctx.add(system="passthrough", scenario="throughput", label="limit: passthrough (confluent-kafka batch API, no model)",
                 notes="consume(5000) → produce each record → next batch; producer flushes only at the end; "
                       "tidal's producer settings (idempotence, lz4, linger 5 ms)", backlog=n_pass, **_median_entry(pass_runs))
-    if ctx.wants("passthrough"):
+    if ctx.wants("passthrough") and ctx.sizes.alo_baseline:
         sink = ctx.fresh("pass-alo-")
         r = ctx.run_app("passthrough_app.py", [b, pass_topic, sink, str(n_pass), "alo"], sink)
         ctx.add(system="passthrough-alo", scenario="throughput",
