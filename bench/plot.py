@@ -154,9 +154,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
 
 def _knob_text(knobs: dict) -> str:
-    text = f"max_batch {knobs['max_batch']}, max_wait {knobs['max_wait_ms']} ms, linger {knobs['linger_ms']} ms"
-    fetch = knobs.get("fetch_wait_ms", max(5, min(100, knobs["max_wait_ms"])))  # as tidal's worker sets it
-    return text + f", fetch.wait {fetch} ms"
+    from scenarios.latency import fetch_wait
+
+    return (f"max_batch {knobs['max_batch']}, max_wait {knobs['max_wait_ms']} ms, linger {knobs['linger_ms']} ms, "
+            f"fetch.wait {fetch_wait(knobs)} ms")
 
 
 if __name__ == "__main__":

@@ -28,8 +28,9 @@ def _pct(x) -> str:
 
 
 def _knobs(k: dict) -> str:
-    fetch = k.get("fetch_wait_ms", max(1, min(100, k["max_wait_ms"])))
-    return f"{k['max_batch']} / {k['max_wait_ms']} / {k['linger_ms']} / {fetch}"
+    from scenarios.latency import fetch_wait
+
+    return f"{k['max_batch']} / {k['max_wait_ms']} / {k['linger_ms']} / {fetch_wait(k)}"
 
 
 def render(doc: dict, path: Path) -> str:
@@ -80,7 +81,9 @@ def render(doc: dict, path: Path) -> str:
                 offered += f" ({r['achieved_offered_per_s']:,.0f}/s)"
             who = _knobs(r["knobs"]) if r.get("system", "tidal") == "tidal" else f"**{r['system']}** (floor: no tidal)"
             if r.get("partitions"):
-                who += f"; {r['partitions']} partition{'s' if r['partitions'] > 1 else ''}"
+                from scenarios.latency import partitions_text
+
+                who += f"; {partitions_text(r['partitions'])}"
             out.append(f"| {who} | {offered} | {_n(r.get('events_per_s'))} | {_n(r.get('p50_ms'), 1)} | "
                        f"{_n(r.get('p95_ms'), 1)} | {_n(r.get('p99_ms'), 1)} | {_n(r.get('produced_p99_ms'), 1)} | "
                        f"{_n(r.get('worker_mean_batch'))} | {_n(r.get('worker_ms_per_batch'), 1)} | "

@@ -226,12 +226,11 @@ def floors(results: list[dict]) -> list[dict]:
     ratio("quix", 25, "tidal 1 worker ≥ 25× the Quix Streams app", True)
     at10k = [r for r in results if r.get("scenario") == "latency" and r.get("offered_per_s") == 10_000
              and r.get("p99_ms") is not None and r.get("system") == "tidal"]
-    from scenarios.latency import knob_text
+    from scenarios.latency import knob_text, partitions_text
 
     for r in at10k:
-        n = r.get("partitions", 4)
         out.append({"floor": f"tidal p99 < 50 ms at 10k events/s offered ({knob_text(r['knobs'])}; "
-                             f"{n} partition{'s' if n > 1 else ''})",
+                             f"{partitions_text(r.get('partitions', 4))})",
                     "value": r["p99_ms"], "need": 50, "met": bool(r["p99_ms"] < 50)})
     return out
 

@@ -51,17 +51,21 @@ def cpu_seconds(pid: int | None = None) -> tuple[float, float | None]:
     proc = None
     if pid:
         try:
-            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            proc = (int(stat[11]) + int(stat[12])) / tick  # utime + stime
+            proc = _stat_cpu(Path(f"/proc/{pid}/stat").read_text())
         except (OSError, IndexError, ValueError):
             pass
     return busy, proc
 
 
+def _stat_cpu(stat: str) -> float:
+    """utime + stime, in seconds, from a /proc/…/stat line."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def thread_cpu_seconds(pid: int | str = "self") -> dict[str, float]:
     """CPU seconds so far of each thread of process ``pid``, summed by thread name
     (librdkafka's ``rdk:broker…`` threads, ``rdk:main``, the interpreter's main thread …)."""
-    tick = os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
@@ -70,7 +74,6 @@ def thread_cpu_seconds(pid: int | str = "self") -> dict[str, float]:
             continue
         name = raw[raw.index("(") + 1:raw.rindex(")")]
         name = "rdk:broker" if name.startswith("rdk:broker") else name
-        stat = raw.rsplit(")", 1)[1].split()
-        out[name] = out.get(name, 0.0) + (int(stat[11]) + int(stat[12])) / tick
+        out[name] = out.get(name, 0.0) + _stat_cpu(raw)
     return out
 

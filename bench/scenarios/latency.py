@@ -43,7 +43,7 @@ from benchlib.context import Ctx
 from benchlib.machine import cpu_seconds
 from benchlib.procs import BENCH, env_for, scrape, start_tidal, write_spec
 from tidal.broker import TopicSpec, ensure_topics
-from tidal.stream.worker import take_arrived
+from tidal.stream.worker import fetch_wait_ms, take_arrived
 
 
 class _Out(msgspec.Struct):
@@ -82,10 +82,18 @@ class Tracker:
         self.consumer.close()
 
 
+def fetch_wait(knobs: dict) -> int:
+    """The worker consumer's fetch.wait.max.ms under these knobs: set, or tidal's rule."""
+    return knobs.get("fetch_wait_ms", fetch_wait_ms(knobs["max_wait_ms"]))
+
+
 def knob_text(knobs: dict) -> str:
-    text = f"max_batch={knobs['max_batch']}, max_wait_ms={knobs['max_wait_ms']}, linger.ms={knobs['linger_ms']}"
-    fetch = knobs.get("fetch_wait_ms", max(5, min(100, knobs["max_wait_ms"])))
-    return text + f", fetch.wait.max.ms={fetch}"
+    return (f"max_batch={knobs['max_batch']}, max_wait_ms={knobs['max_wait_ms']}, linger.ms={knobs['linger_ms']}, "
+            f"fetch.wait.max.ms={fetch_wait(knobs)}")
+
+
+def partitions_text(n: int) -> str:
+    return f"{n} partition{'s' if n > 1 else ''}"
 
 
 def _pct(a: np.ndarray) -> tuple[float, float, float]:
@@ -152,7 +160,7 @@ def _measure(ctx: Ctx, system: str, knobs: dict, partitions: int, rates: list[in
     """Warm-up, then one phase per offered rate, through one worker (or the relay)."""
     s = ctx.sizes
     knob_label = knob_text(knobs) if system == "tidal" else "relay: no decode, no model, no commit"
-    knob_label += f"; {partitions} partition{'s' if partitions > 1 else ''}"
+    knob_label += f"; {partitions_text(partitions)}"
     name = ctx.fresh("lat")
     source = f"{name}.events"
     ensure_topics(ctx.settings, [TopicSpec(source, partitions), TopicSpec(f"{name}.predictions", partitions)])

@@ -153,3 +153,15 @@ def test_latency_plan_runs_every_knob_then_compares_partitions_at_10k(bench_path
     quick = run.MODES["quick"]
     assert [(r[1], r[2], r[3]) for r in plan(quick)] == [(k, 1, quick.latency_rates)
                                                         for k in [*quick.latency_configs, RELAY_KNOBS]]
+
+
+def test_report_and_chart_show_the_fetch_wait_the_worker_sets(bench_path):
+    import plot
+    import report
+
+    from tidal.stream.worker import fetch_wait_ms
+
+    knobs = {"max_batch": 5000, "max_wait_ms": 0, "linger_ms": 1}
+    assert report._knobs(knobs) == f"5000 / 0 / 1 / {fetch_wait_ms(0)}"
+    assert plot._knob_text(knobs).endswith(f"fetch.wait {fetch_wait_ms(0)} ms")
+    assert report._knobs({**knobs, "fetch_wait_ms": 7}).endswith("/ 7")
