@@ -51,7 +51,7 @@ def run(settings: KafkaSettings, topic: str, n: int, model_dir: Path, explain: b
     w._observe = timed
     w.on_batch = lambda w, _b: w.stop() if w.stats.events_in >= n else None
     stats = w.run()
-    reg = w.metrics.registry
+    reg = w.registry
     step_s = {s.name: reg.get_sample_value("tidal_step_duration_seconds_sum", {"pipeline": name, "step": s.name})
               for s in steps}
     return {"events_per_s": stats.events_in / (stats.last_event_at - stats.first_event_at),

@@ -72,7 +72,7 @@ def test_dashboard_page_shows_the_running_pipeline(settings, name, toy_model, tm
     p = Pipeline(name, schema=SCHEMA, steps=[ScoreStep(load_model(toy_model))], max_batch=200, alerts=[rule])
     ensure_topics(settings, p.topic_specs())
     worker = Worker(p, settings, lag_interval_s=0.2)
-    metrics_port = serve_metrics(worker.metrics.registry, free_port(), "127.0.0.1")
+    metrics_port = serve_metrics(worker.registry, free_port(), "127.0.0.1")
     wt = threading.Thread(target=worker.run, daemon=True)
     wt.start()
     model = f"{name}-model"

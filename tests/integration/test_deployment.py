@@ -191,7 +191,8 @@ def test_bad_canary_is_rolled_back_with_an_alert(settings, name, versions):
     assert {r["model_version"] for r in out} == {"1"}  # its rows were scored by the primary
     assert follower.routing.deployment.mode == "single" and follower.routing.primary.version == "1"
     assert "auto-rollback" in follower.routing.deployment.reason
-    alerts = [orjson.loads(m.value()) for m in read_all(settings, ALERTS_TOPIC, 1) if m.key() == model.encode()]
+    alerts = [orjson.loads(m.value()) for m in read_all(settings, ALERTS_TOPIC, 1)
+              if orjson.loads(m.value()).get("model") == model]
     assert alerts and alerts[0]["type"] == "model_rollback" and alerts[0]["version"] == "3"
     assert "outside [0, 1]" in alerts[0]["reason"]
 
@@ -205,7 +206,7 @@ def test_registry_promotion_and_auto_rollback_end_to_end(settings, name, version
         registry.register(model, folder=versions[v].path)
     registry.promote(model, 1, reason="first")
     p = Pipeline(name, schema=SCHEMA, max_batch=200, max_wait_ms=20,
-                 steps=[DeployedScoreStep(model, wait_s=20, registry=str(tmp_path / "registry"))])
+                 steps=[DeployedScoreStep(model, wait_s=20, registry=Registry(tmp_path / "registry"))])
     ensure_topics(settings, p.topic_specs())
     w = Worker(p, settings)
     t = threading.Thread(target=w.run, daemon=True)

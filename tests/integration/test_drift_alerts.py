@@ -51,7 +51,7 @@ def test_monitor_with_drift_step_alerts_on_kafka(settings, name):
     assert concept["rule"] == f"concept_drift:{p.name}:{name}"
     assert change <= int(concept["at"]["event_id"][1:]) < change + 500  # ADWIN: a few hundred labels at most
     assert int(data["at"]["event_id"][1:]) == change + 999 and data["drifted_features"] == ["x"]
-    reg = worker.worker.metrics.registry
+    reg = worker.worker.registry
     assert reg.get_sample_value("tidal_drift_dataset_drifted", {"pipeline": p.name}) == 1.0
     assert reg.get_sample_value("tidal_drift_feature_score", {"pipeline": p.name, "feature": "x",
                                                               "test": "wasserstein"}) > 1.0

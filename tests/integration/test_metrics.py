@@ -48,7 +48,7 @@ def test_counts_on_metrics_endpoint(settings, name, toy_model):
     bad = [b"{", b'{"id": 1}', b'{"id": "x", "x": 1, "y": 2}']
     produce(settings, p.sources[0], good + bad)
     worker = Worker(p, settings)
-    port = serve_metrics(worker.metrics.registry, free_port(), "127.0.0.1")
+    port = serve_metrics(worker.registry, free_port(), "127.0.0.1")
     run(worker, 503)
 
     s = scrape(port)
@@ -77,12 +77,12 @@ def test_lag_after_a_known_backlog(settings, name):
     seen = {}
 
     def lags(metric: str, first: str) -> float:
-        reg = worker.metrics.registry
+        reg = worker.registry
         return sum(reg.get_sample_value(metric, {first: label, "topic": p.sources[0], "partition": str(q)}) or 0
                    for q in range(4) for label in [p.name if first == "pipeline" else p.group])
 
     def published() -> int:  # partitions with a lag sample (each appears once its first fetch answered)
-        reg = worker.metrics.registry
+        reg = worker.registry
         return sum(reg.get_sample_value("tidal_consumer_lag", {"pipeline": p.name, "topic": p.sources[0],
                                                                "partition": str(q)}) is not None for q in range(4))
 

@@ -83,7 +83,7 @@ def test_prometheus_scrapes_a_worker_and_runs_the_grafana_queries(settings, name
     p = Pipeline(name, schema=SCHEMA, steps=[ScoreStep(load_model(toy_model))], max_batch=100)
     ensure_topics(settings, p.topic_specs())
     worker = Worker(p, settings, lag_interval_s=0.2)
-    port = serve_metrics(worker.metrics.registry, free_port(), "127.0.0.1")
+    port = serve_metrics(worker.registry, free_port(), "127.0.0.1")
     wt = threading.Thread(target=worker.run, daemon=True)
     wt.start()
     produce(settings, p.sources[0], good(0, 300) + BAD)

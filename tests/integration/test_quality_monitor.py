@@ -70,7 +70,7 @@ def test_labels_join_and_rolling_quality(settings, name):
         for k, m in river.items():
             assert ours["events"][k] == pytest.approx(m.get(), abs=1e-9), k
             assert ours["time"][k] == pytest.approx(m.get(), abs=1e-9), k
-    reg = worker.metrics.registry
+    reg = worker.registry
     assert reg.get_sample_value("tidal_model_quality", {"pipeline": name, "model": "m", "version": "2",
                                                         "metric": "accuracy", "window": "events"}) == \
         pytest.approx(snap[("m", "2")]["events"]["accuracy"])

@@ -103,7 +103,7 @@ def test_each_rule_and_policy_through_the_broker(settings, name):
     counts = chain.summary()["violations"]
     assert counts["validate/x/range/reject"] == 6 and counts["validate/y/range/fix"] == 3
     assert counts["validate/v/missing/fix"] == 3 and counts["validate/w/null/flag"] == 3
-    reg = worker.metrics.registry
+    reg = worker.registry
     assert sample(reg, "tidal_quality_violations_total", field="z", rule="range", action="flag") == 6
     assert sample(reg, "tidal_dlq_total", reason="out_of_range") == 6
     assert sample(reg, "tidal_events_in_total") == len(values) == \
@@ -172,7 +172,7 @@ def test_impute_outliers_integrity_profile_and_report(settings, name, tmp_path):
     assert 1.0 <= out[next(r for r, (_, w) in expect.items() if w == ["dur:clipped"])]["dur"] < 5
     # 403 (dropped) and 404 (rejected) before integrity saw them, then 406..899
     assert s["violations"]["integrity/seq/gap_events/count"] == 2 + (900 - 405 - 1)
-    reg = worker.metrics.registry
+    reg = worker.registry
     assert sample(reg, "tidal_quality_dropped_total", step="integrity", reason="duplicate") == 1
     assert sample(reg, "tidal_quality_field", field="bytes", stat="count") > 0
 

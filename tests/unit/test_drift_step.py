@@ -7,6 +7,7 @@ import pytest
 
 from tidal.drift import ConceptDriftMonitor, DataDriftMonitor, DriftStep, errors_of, make_detector
 from tidal.monitor.metrics import WorkerMetrics
+from tidal.stream.context import StepContext
 from tidal.stream.batch import Batch
 
 
@@ -91,7 +92,7 @@ def test_drift_step_alerts_and_metrics():
     events = []
     step = DriftStep(["x"], reference_size=1000, window=1000, emit=events.append, resolve_after=3000)
     metrics = WorkerMetrics("p.monitor", "g")
-    step.attach_metrics(metrics)
+    step.open(StepContext("p.monitor", step=step.name, topics=step.outputs("p.monitor"), registry=metrics.registry))
     seen = 0
     for i in range(4):
         out = step.process(_joined(rng, 1000, 0.1, start=seen))

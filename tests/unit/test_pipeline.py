@@ -78,16 +78,64 @@ def test_then_wraps_functions_and_keeps_steps():
     assert p.steps[2].name == "ident"
 
 
-def test_topic_specs():
+class Publishes(Step):
+    """Declares side outputs (one per pipeline, one fixed) and state."""
+
+    state_name = "publishes"
+    side_outputs = ("{pipeline}.reports", "tidal.models")
+
+    def process(self, batch):
+        self.ctx.emit(f"{self.ctx.pipeline}.reports", {"n": len(batch)}, "k")
+        return batch
+
+
+def test_topic_specs_are_sources_sink_dlq_and_declared_side_outputs():
     p = Pipeline("p", sources=["s1", "s2"], partitions=6)
     specs = {s.name: s for s in p.topic_specs()}
-    assert set(specs) == {"s1", "s2", "p.predictions", "p.dlq", "tidal.models", "tidal.alerts"}
-    assert "p.labels" in {s.name for s in Pipeline("p").topic_specs()}  # default sources: a scoring pipeline
+    assert set(specs) == {"s1", "s2", "p.predictions", "p.dlq"}  # nothing the steps do not write
     assert specs["s1"].partitions == specs["s2"].partitions == specs["p.predictions"].partitions == 6
     assert specs["p.dlq"].partitions == 1
-    models = specs["tidal.models"]
-    assert models == TopicSpec("tidal.models", 1, COMPACTED)
-    assert dict(models.config)["cleanup.policy"] == "compact"
+    specs = {s.name: s for s in Pipeline("p", steps=[Publishes()]).topic_specs()}
+    assert {"p.reports", "tidal.models"} <= set(specs)
+    assert specs["tidal.models"] == TopicSpec("tidal.models", 1, COMPACTED)
+    assert dict(specs["tidal.models"].config)["cleanup.policy"] == "compact"
+
+
+def test_side_outputs_are_declared_and_collected_by_test():
+    side = []
+    p = Pipeline("p", schema=SCHEMA, steps=[Publishes()])
+    out, _ = p.test([b'{"x": 1}', b'{"x": 2}'], side=side)
+    assert len(out) == 2 and [(r.topic, r.key, r.value) for r in side] == [("p.reports", b"k", b'{"n":2}')]
+
+    class Undeclared(Step):
+        def process(self, batch):
+            self.ctx.emit("elsewhere", b"x")
+            return batch
+
+    _, dlq = Pipeline("q", schema=SCHEMA, steps=[Undeclared()]).test([b'{"x": 1}'])
+    assert dlq[0].reason == "step_error" and "did not declare side output 'elsewhere'" in dlq[0].message
+
+
+def test_state_names_are_unique_in_a_pipeline():
+    from tidal.features import WindowAggregate
+
+    with pytest.raises(ValueError, match="both declare state 'window'"):
+        Pipeline("p", steps=[WindowAggregate("k", {"n": ["x", "count"]}, window_s=60),
+                             WindowAggregate("k", {"m": ["x", "count"]}, window_s=60)])
+    p = Pipeline("p", steps=[WindowAggregate("k", {"n": ["x", "count"]}, window_s=60)])
+    with pytest.raises(ValueError, match="both declare state"):
+        p.then(WindowAggregate("k", {"m": ["x", "count"]}, window_s=60))
+    ok = Pipeline("p", steps=[WindowAggregate("k", {"n": ["x", "count"]}, window_s=60, name="w1"),
+                              WindowAggregate("k", {"m": ["x", "count"]}, window_s=60, name="w2")])
+    assert [ok.changelog(s) for s in ok.steps] == ["p.w1.changelog", "p.w2.changelog"]
+
+
+def test_a_step_must_implement_process():
+    class Nothing(Step):
+        pass
+
+    with pytest.raises(TypeError, match="abstract"):
+        Nothing()
 
 
 def test_failing_step_sends_its_input_batch_to_dlq():

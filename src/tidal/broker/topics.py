@@ -18,7 +18,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from tidal.config import KafkaSettings
 
-__all__ = ["PipelineTopics", "TopicSpec", "ensure_topics", "MODELS_TOPIC", "ALERTS_TOPIC", "COMPACTED"]
+__all__ = ["PipelineTopics", "TopicSpec", "topic_spec", "ensure_topics", "MODELS_TOPIC", "ALERTS_TOPIC", "COMPACTED"]
 
 MODELS_TOPIC = "tidal.models"
 ALERTS_TOPIC = "tidal.alerts"
@@ -64,12 +64,22 @@ class TopicSpec:
     replication: int = 1
 
 
+def topic_spec(name: str, partitions: int = 4) -> TopicSpec:
+    """How tidal creates ``name``: ``tidal.models`` compacted with one partition (one ordered
+    history per model), ``tidal.alerts`` with one partition, any other with ``partitions``."""
+    if name == MODELS_TOPIC:
+        return TopicSpec(name, 1, COMPACTED)
+    if name == ALERTS_TOPIC:
+        return TopicSpec(name, 1)
+    return TopicSpec(name, partitions)
+
+
 def ensure_topics(settings: KafkaSettings, specs: Iterable[TopicSpec | str], timeout: float = 15.0) -> list[str]:
     """Create the topics that do not exist yet; existing ones are left as they are.
 
     Returns the names that were created. Raises ``KafkaException`` on any other error.
     """
-    specs = [TopicSpec(s) if isinstance(s, str) else s for s in specs]
+    specs = [topic_spec(s) if isinstance(s, str) else s for s in specs]
     if not specs:
         return []
     admin = AdminClient(settings.client_config({"log_level": 0}))

@@ -205,7 +205,7 @@ def learn_cmd(pipeline: str = typer.Argument(..., help="Learn from PIPELINE.join
     ensure_topics(settings, p.topic_specs())
     worker = Worker(p, settings, default_worker_id())
     if metrics_port:
-        serve_metrics(worker.metrics.registry, metrics_port)
+        serve_metrics(worker.registry, metrics_port)
     worker.install_signal_handlers()
     if hasattr(signal, "SIGUSR1"):
         signal.signal(signal.SIGUSR1, lambda *_: step.request_publish())

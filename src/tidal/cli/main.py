@@ -226,7 +226,7 @@ def monitor(pipeline: str = typer.Argument(..., help="The scoring pipeline to wa
     ensure_topics(settings, p.topic_specs())
     worker = Worker(p, settings, default_worker_id())
     if metrics_port:
-        serve_metrics(worker.metrics.registry, metrics_port)
+        serve_metrics(worker.registry, metrics_port)
     worker.install_signal_handlers()
     worker.run()
 

@@ -3,7 +3,8 @@
 Events are JSON objects; drift alerts go to ``tidal.alerts`` keyed by their ``rule`` (the
 shape :mod:`tidal.monitor.alerts` uses: ``rule``, ``state`` firing/resolved, ``severity``,
 ``pipeline``, ``model``, ``message``, ``time``), so ``tidal status`` and the dashboard show them.
-They go out on the step's own producer, outside any transaction of the batch.
+They go out through the step's context (``ctx.emit``): the worker produces them with the
+batch, inside its transaction in exactly-once mode.
 
 >>> seen = []
 >>> sink = EventSink(emit=seen.append)
@@ -19,6 +20,7 @@ from typing import Any, Callable
 import orjson
 
 from tidal.broker.topics import ALERTS_TOPIC
+from tidal.stream.context import ALERT_FIELDS
 
 __all__ = ["EventSink"]
 
@@ -34,27 +36,19 @@ class EventSink:
         self.emit = emit
         self.partitions = partitions
         self.sent: list[dict[str, Any]] = []  # the most recent events, for tests and demos
-        self._producer: Any = None
+        self.ctx: Any = None
 
-    def open(self, settings: Any) -> None:
-        from confluent_kafka import Producer
-
-        from tidal.broker.topics import TopicSpec, ensure_topics
-
-        ensure_topics(settings, [TopicSpec(self.topic, self.partitions)])
-        self._producer = Producer(settings.client_config({"enable.idempotence": True, "linger.ms": 5,
-                                                          "log_level": 3}))
+    def open(self, ctx: Any) -> None:
+        """Send through the step's context (``ctx.emit``): the worker delivers the events."""
+        self.ctx = ctx
 
     def send(self, event: dict[str, Any], key: str | None = None) -> None:
+        for name in ALERT_FIELDS:  # the one alert shape
+            event.setdefault(name, None)
         self.sent.append(event)
         del self.sent[:-1000]
         if self.emit is not None:
             self.emit(event)
-        if self._producer is not None:
+        if self.ctx is not None:
             k = key if key is not None else str(event.get("rule") or event.get("type") or "")
-            self._producer.produce(self.topic, orjson.dumps(event, option=orjson.OPT_SERIALIZE_NUMPY), k.encode())
-            self._producer.poll(0)
-
-    def flush(self, timeout: float = 10.0) -> None:
-        if self._producer is not None and self._producer.flush(timeout):
-            log.warning("%s: some events were not acknowledged within %.0fs", self.topic, timeout)
+            self.ctx.emit(self.topic, orjson.dumps(event, option=orjson.OPT_SERIALIZE_NUMPY), k)

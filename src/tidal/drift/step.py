@@ -11,7 +11,7 @@ resolves at the first window that does not; ``concept_drift:<pipeline>:<model>``
 detector on that model's errors does — by default only when the errors rose
 (``direction="up"``; detectors also fire when a model gets better) — and resolves after
 ``resolve_after`` of its events without another detection. Each event names what drifted, the
-statistic, its threshold and the window. Metrics (``attach_metrics``):
+statistic, its threshold and the window. Metrics (registered in ``open``):
 ``tidal_drift_feature_score``/``_psi``/``_drifted`` per feature,
 ``tidal_drift_dataset_share``/``_drifted``, ``tidal_drift_error_rate`` per model
 version and ``tidal_drift_detections_total``.
@@ -123,15 +123,18 @@ class DriftStep(Step):
         self._gauges: dict[str, Any] = {}
 
     # -- worker hooks ------------------------------------------------------------------------
-    def open(self, settings: Any, pipeline: str) -> None:
-        self.pipeline = self.pipeline or pipeline
-        self.events.open(settings)
+    @property
+    def side_outputs(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (self.events.topic,)
 
-    def attach_metrics(self, metrics: Any) -> None:
+    def open(self, ctx: Any) -> None:
         from prometheus_client import Counter, Gauge
 
-        r = metrics.registry
-        self.pipeline = self.pipeline or metrics.pipeline
+        self.pipeline = self.pipeline or ctx.pipeline
+        self.events.open(ctx)
+        r = ctx.registry
+        if r is None:
+            return
         self._gauges = {
             "score": Gauge("tidal_drift_feature_score", "Drift score of a feature's last window (p-value or distance).",
                            ["pipeline", "feature", "test"], registry=r),
@@ -148,9 +151,6 @@ class DriftStep(Step):
             "detections": Counter("tidal_drift_detections", "Drift detections (kind: data, concept).",
                                   ["pipeline", "kind", "model"], registry=r),
         }
-
-    def close(self) -> None:
-        self.events.flush()
 
     # -- the step ----------------------------------------------------------------------------
     def process(self, batch: Batch) -> Batch:

@@ -38,8 +38,8 @@ class TableJoin(Step):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def open(self, settings: KafkaSettings, pipeline: str) -> None:
-        self._thread = threading.Thread(target=self._follow, args=(settings,), daemon=True,
+    def open(self, ctx: Any) -> None:
+        self._thread = threading.Thread(target=self._follow, args=(ctx.settings,), daemon=True,
                                         name=f"tidal-table-{self.topic}")
         self._thread.start()
 

@@ -49,12 +49,13 @@ class LabelJoinStep(Step):
         self.matched = 0
         self._counter = None
 
-    def attach_metrics(self, metrics: Any) -> None:
+    def open(self, ctx: Any) -> None:
         from prometheus_client import Counter
 
-        self._counter = Counter("tidal_labels_unmatched", "Predictions or labels dropped unjoined (horizon, overflow).",
-                                ["pipeline", "kind"], registry=metrics.registry)
-        self._pipeline = metrics.pipeline
+        self._pipeline = ctx.pipeline
+        if ctx.registry is not None:
+            self._counter = Counter("tidal_labels_unmatched", "Predictions or labels dropped unjoined "
+                                    "(horizon, overflow).", ["pipeline", "kind"], registry=ctx.registry)
 
     def _evict(self, now: float) -> None:
         for kind, pending in (("prediction", self.pending_predictions), ("label", self.pending_labels)):

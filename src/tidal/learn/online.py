@@ -162,7 +162,6 @@ class OnlineLearnStep(Step):
         self._publish_requested = threading.Event()
         self._fitted = False
         self._types: dict[str, str] | None = None  # the registered signature, from the first batch
-        self._producer: Any = None
         self._reported = 0.0
         self._metrics: dict[str, Any] = {}
         self.pipeline = ""
@@ -198,23 +197,20 @@ class OnlineLearnStep(Step):
         return out
 
     # -- worker hooks ------------------------------------------------------------------------
-    def open(self, settings: Any, pipeline: str) -> None:
-        self.pipeline = pipeline
-        if self.report_topic:
-            from confluent_kafka import Producer
+    @property
+    def side_outputs(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (self.report_topic,) if self.report_topic else ()
 
-            from tidal.broker.topics import TopicSpec, ensure_topics
-
-            ensure_topics(settings, [TopicSpec(self.report_topic, 1)])
-            self._producer = Producer(settings.client_config({"enable.idempotence": True, "log_level": 3}))
+    def open(self, ctx: Any) -> None:
+        self.pipeline = ctx.pipeline
+        if ctx.registry is not None:
+            self._attach_metrics(ctx.registry)
         if self.publish_initial:
             self.publish("initial", force=True)
 
-    def attach_metrics(self, metrics: Any) -> None:
+    def _attach_metrics(self, r: Any) -> None:
         from prometheus_client import Counter, Gauge
 
-        r = metrics.registry
-        self.pipeline = self.pipeline or metrics.pipeline
         self._metrics = {
             "events": Counter("tidal_learn_events", "Labelled events learned from.", ["pipeline", "model"],
                               registry=r).labels(self.pipeline, self.model_name),
@@ -231,9 +227,6 @@ class OnlineLearnStep(Step):
             except Exception as exc:  # noqa: BLE001 - stopping must not fail on the registry
                 log.error("final publish of %s failed: %s", self.model_name, exc)
         self._report(force=True)
-        if self._producer is not None:
-            self._producer.flush(10)
-            self._producer = None
 
     # -- learning ----------------------------------------------------------------------------
     def process(self, batch: Batch) -> Batch:
@@ -417,7 +410,8 @@ class OnlineLearnStep(Step):
         return mv
 
     def _report(self, force: bool = False) -> None:
-        if self._producer is None and self.emit is None:
+        reporting = self.ctx is not None and bool(self.report_topic)
+        if not reporting and self.emit is None:
             return
         now = time.monotonic()
         if not force and now - self._reported < self.report_every_s:
@@ -426,9 +420,8 @@ class OnlineLearnStep(Step):
         record = self.stats()
         if self.emit is not None:
             self.emit(record)
-        if self._producer is not None:
-            self._producer.produce(self.report_topic, orjson.dumps(record), self.model_name.encode())
-            self._producer.poll(0)
+        if reporting:
+            self.ctx.emit(self.report_topic, orjson.dumps(record), self.model_name)
 
 
 def learn_pipeline(pipeline: str, step: OnlineLearnStep, *, extra_steps: Iterable[Step] = (), schema: Any = None,

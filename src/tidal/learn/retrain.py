@@ -123,19 +123,18 @@ class RetrainStep(Step):
         self._requested = False
         self._request_reason = "on demand"
 
-    def open(self, settings: Any, pipeline: str) -> None:
-        self.pipeline = self.pipeline or pipeline
-        self.events.open(settings)
+    @property
+    def side_outputs(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (self.events.topic,)
 
-    def attach_metrics(self, metrics: Any) -> None:
+    def open(self, ctx: Any) -> None:
         from prometheus_client import Counter
 
-        self.pipeline = self.pipeline or metrics.pipeline
-        self._counter = Counter("tidal_retrain", "Retraining outcomes (promoted, rejected, skipped).",
-                                ["pipeline", "model", "outcome"], registry=metrics.registry)
-
-    def close(self) -> None:
-        self.events.flush()
+        self.pipeline = self.pipeline or ctx.pipeline
+        self.events.open(ctx)
+        if ctx.registry is not None:
+            self._counter = Counter("tidal_retrain", "Retraining outcomes (promoted, rejected, skipped).",
+                                    ["pipeline", "model", "outcome"], registry=ctx.registry)
 
     def request_retrain(self, reason: str = "on demand") -> None:
         """Retrain on the most recent rows at the next batch (as if the change began ``min_rows`` ago)."""

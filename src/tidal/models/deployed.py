@@ -20,20 +20,19 @@ an alert naming the reason goes to ``tidal.alerts``.
 from __future__ import annotations
 
 import logging
-import time
 import zlib
 from typing import Any
 
 import numpy as np
-import orjson
-from confluent_kafka import Producer
 
 from tidal.broker.topics import ALERTS_TOPIC, MODELS_TOPIC
 from tidal.config import KafkaSettings
 from tidal.models.artifact import LoadedModel
+from tidal.models.deployment import Deployment
 from tidal.models.follower import DeploymentFollower, Routing
-from tidal.registry.deployment import Deployment
+from tidal.models.metrics import ScoreMetrics
 from tidal.stream.batch import Batch
+from tidal.stream.context import StepContext
 from tidal.stream.step import Step
 
 __all__ = ["DeployedScoreStep", "key_buckets"]
@@ -70,33 +69,30 @@ class DeployedScoreStep(Step):
         self.topic = topic
         self.wait_s = wait_s
         self.max_canary_failures = max_canary_failures
-        self.registry = registry
+        if isinstance(registry, (str, bytes)) or hasattr(registry, "__fspath__"):
+            raise TypeError("registry: pass a tidal.registry.Registry (YAML `deployed: {registry: path}` opens one)")
+        self.registry = registry  # records rollbacks in its history (and publishes them) when given
         self.alerts_topic = alerts_topic
+        self.side_outputs = (topic, alerts_topic)  # rollbacks (without a registry) and their alerts
         self.pipeline = ""
         self.follower: DeploymentFollower | None = None
         self._failures = 0
-        self._producer: Producer | None = None
+        self._metrics: ScoreMetrics | None = None
         self._rolled_back: set[tuple[int, float]] = set()
 
-    def open(self, settings: KafkaSettings, pipeline: str) -> None:
-        self.settings = self.settings or settings
-        self.pipeline = pipeline
-        if isinstance(self.registry, (str, bytes)) or hasattr(self.registry, "__fspath__"):
-            from tidal.registry import KafkaPublisher, Registry  # a path: rollbacks go through the registry
-
-            self.registry = Registry(self.registry, publisher=KafkaPublisher(self.settings, self.topic))
+    def open(self, ctx: StepContext) -> None:
+        self.settings = self.settings or ctx.settings
+        self.pipeline = ctx.pipeline
+        self._metrics = ScoreMetrics.of(ctx.registry, ctx.pipeline)
         self.follower = DeploymentFollower(self.settings, self.model, self.topic).start()
 
     def close(self) -> None:
         if self.follower is not None:
             self.follower.stop()
-        if self._producer is not None:
-            self._producer.flush(10)
-            self._producer = None
 
     def process(self, batch: Batch) -> Batch:
         if self.follower is None:
-            raise RuntimeError("DeployedScoreStep used outside a worker: call open(settings, pipeline) first")
+            raise RuntimeError("DeployedScoreStep used outside a worker: it follows tidal.models on a cluster")
         routing = self.follower.routing or self.follower.wait_ready(self.wait_s)  # one snapshot per batch
         d = routing.deployment
         n = len(batch)
@@ -123,6 +119,8 @@ class DeployedScoreStep(Step):
             batch.with_column("decision", scores >= thresholds)
         batch.with_column("model", np.full(n, self.model, dtype=object))
         batch.with_column("model_version", versions)
+        if self._metrics is not None:
+            self._metrics.observe(batch)
         return batch
 
     # -- canary health ---------------------------------------------------------------------
@@ -151,23 +149,15 @@ class DeployedScoreStep(Step):
         self._rolled_back.add((d.seq, d.time))
         reason = (f"auto-rollback: {d.mode} v{d.secondary.version} failed {self._failures} batches in a row "
                   f"({why}); back to v{d.primary.version} only")
-        if self.registry is not None:  # recorded in the registry's history, then published
-            self.registry.deploy(self.model, "single", int(d.primary.version), reason=reason)
+        if self.registry is not None:  # recorded in the registry's history (published if it has a publisher)
+            back = self.registry.deploy(self.model, "single", int(d.primary.version), reason=reason)
+            published = getattr(self.registry, "publisher", None) is not None
         else:
-            back = Deployment(self.model, "single", d.primary, seq=d.seq + 1, reason=reason)
-            self._publish(self.topic, self.model.encode(), back.to_json())
-        alert = {"type": "model_rollback", "severity": "critical", "pipeline": self.pipeline, "model": self.model,
-                 "version": d.secondary.version, "restored_version": d.primary.version, "reason": reason,
-                 "time": time.time()}
-        self._publish(self.alerts_topic, self.model.encode(), orjson.dumps(alert))
+            back, published = Deployment(self.model, "single", d.primary, seq=d.seq + 1, reason=reason), False
+        if not published:
+            self.ctx.emit(self.topic, back.to_json(), self.model)
+        self.ctx.alert("model_rollback", f"model_rollback:{self.pipeline}:{self.model}", "firing", reason,
+                       severity="critical", model=self.model, version=d.secondary.version,
+                       restored_version=d.primary.version, reason=reason, topic=self.alerts_topic)
         self._failures = 0
         log.error(reason)
-
-    def _publish(self, topic: str, key: bytes, value: bytes) -> None:
-        from tidal.broker.topics import TopicSpec, ensure_topics
-
-        if self._producer is None:
-            ensure_topics(self.settings, [TopicSpec(self.alerts_topic, 1)])
-            self._producer = Producer(self.settings.client_config({"enable.idempotence": True, "log_level": 3}))
-        self._producer.produce(topic, value, key)
-        self._producer.flush(10)

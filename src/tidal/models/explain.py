@@ -85,14 +85,13 @@ class ExplainStep(Step):
             raise RuntimeError("no model to explain yet")
         return routing.primary
 
-    def open(self, settings: Any, pipeline: str) -> None:
-        self.pipeline = pipeline
-
-    def attach_metrics(self, metrics: Any) -> None:
+    def open(self, ctx: Any) -> None:
         from prometheus_client import Gauge
 
-        self._gauge = Gauge("tidal_feature_contribution", "Mean absolute contribution per feature, sampled rows.",
-                            ["pipeline", "model", "version", "feature"], registry=metrics.registry)
+        self.pipeline = ctx.pipeline
+        if ctx.registry is not None:
+            self._gauge = Gauge("tidal_feature_contribution", "Mean absolute contribution per feature, sampled rows.",
+                                ["pipeline", "model", "version", "feature"], registry=ctx.registry)
 
     def process(self, batch: Batch) -> Batch:
         n = len(batch)
@@ -107,3 +106,11 @@ class ExplainStep(Step):
                 for f, v in zip(model.card.features, np.abs(contrib).mean(axis=0).tolist()):
                     self._gauge.labels(self.pipeline, model.name, model.version, f).set(v)
         return batch.with_column("explanation", explanations)
+
+
+def from_spec(args: dict, base: Any = None, kind: str = "explain", previous: list | None = None) -> ExplainStep:
+    """YAML ``- explain: {sample: 0.001, k: 3}`` explains the rows of the model step before it."""
+    scorers = [s for s in previous or [] if s.name == "score"]
+    if not scorers:
+        raise ValueError("an explain step needs a score or deployed step before it")
+    return ExplainStep(scorers[-1], **args)

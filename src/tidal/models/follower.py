@@ -19,7 +19,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 from tidal.broker.topics import MODELS_TOPIC
 from tidal.config import KafkaSettings
 from tidal.models.artifact import LoadedModel, load_model
-from tidal.registry.deployment import Deployment, Target
+from tidal.models.deployment import Deployment, Target
 
 __all__ = ["Routing", "DeploymentFollower"]
 

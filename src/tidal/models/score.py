@@ -18,10 +18,14 @@ threshold, for binary models), ``model`` and ``model_version``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from tidal.models.artifact import LoadedModel, load_model
+from tidal.models.metrics import ScoreMetrics
 from tidal.stream.batch import Batch
+from tidal.stream.context import StepContext
 from tidal.stream.step import Step
 
 __all__ = ["ScoreStep"]
@@ -42,6 +46,10 @@ class ScoreStep(Step):
         if threads is not None:
             model.threads = int(threads)
         self.threshold = model.card.threshold if threshold is None else float(threshold)
+        self._metrics: ScoreMetrics | None = None
+
+    def open(self, ctx: StepContext) -> None:
+        self._metrics = ScoreMetrics.of(ctx.registry, ctx.pipeline)
 
     @classmethod
     def from_path(cls, path: str, threshold: float | None = None, threads: int | None = None) -> "ScoreStep":
@@ -60,5 +68,15 @@ class ScoreStep(Step):
         n = len(batch)
         batch.with_column("model", np.full(n, self.model.name, dtype=object))
         batch.with_column("model_version", np.full(n, self.model.version, dtype=object))
+        if self._metrics is not None:
+            self._metrics.observe(batch)
         return batch
 
+
+
+def from_spec(args: dict, base: Any, kind: str = "score", previous: list | None = None) -> ScoreStep:
+    """YAML ``- score: {model: models/fraud-v1, threshold: 0.5}`` (a path relative to the file)."""
+    from pathlib import Path
+
+    model = Path(args.pop("model"))
+    return ScoreStep.from_path(str(model if model.is_absolute() else Path(base) / model), **args)

@@ -19,54 +19,18 @@ under kafka-lag-exporter's names (``kafka_consumergroup_group_lag``,
 from __future__ import annotations
 
 import logging
-import threading
-from typing import Iterable, Sequence
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import HistogramMetricFamily
-from prometheus_client.utils import floatToGoString
 
-__all__ = ["WorkerMetrics", "BatchHistogram", "serve_metrics", "LATENCY_BUCKETS"]
+from tidal.stream.histogram import BatchHistogram
+
+__all__ = ["WorkerMetrics", "BatchHistogram", "serve_metrics", "LATENCY_BUCKETS"]  # BatchHistogram: re-exported
 
 log = logging.getLogger("tidal.monitor")
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-SCORE_BUCKETS = tuple(np.round(np.linspace(0.1, 1.0, 10), 2))
 BATCH_BUCKETS = (1, 10, 50, 100, 500, 1000, 2000, 5000, 10000, 50000)
-
-
-class BatchHistogram:
-    """A Prometheus histogram fed whole numpy arrays at once (one ``np.searchsorted`` per batch)."""
-
-    def __init__(self, name: str, doc: str, labels: dict[str, str], buckets: Sequence[float],
-                 registry: CollectorRegistry) -> None:
-        self.name, self.doc, self.labels = name, doc, dict(labels)
-        self.bounds = np.asarray(buckets, dtype=np.float64)
-        self.counts = np.zeros(len(self.bounds) + 1, dtype=np.int64)  # last: above every bound (+Inf)
-        self.total = 0.0
-        self._lock = threading.Lock()
-        registry.register(self)
-
-    def observe_many(self, values: np.ndarray) -> None:
-        values = np.asarray(values, dtype=np.float64)
-        values = values[np.isfinite(values)]
-        if not len(values):
-            return
-        idx = np.searchsorted(self.bounds, values, side="left")  # le semantics: value <= bound
-        with self._lock:
-            self.counts += np.bincount(idx, minlength=len(self.counts))
-            self.total += float(values.sum())
-
-    def collect(self) -> Iterable[HistogramMetricFamily]:
-        with self._lock:
-            cumulative = np.cumsum(self.counts).astype(float).tolist()
-            total = self.total
-        family = HistogramMetricFamily(self.name, self.doc, labels=list(self.labels))
-        buckets = [(floatToGoString(b), c) for b, c in zip(self.bounds.tolist(), cumulative)]
-        buckets.append(("+Inf", cumulative[-1]))
-        family.add_metric(list(self.labels.values()), buckets=buckets, sum_value=total)
-        yield family
 
 
 class WorkerMetrics:
@@ -93,11 +57,6 @@ class WorkerMetrics:
                                       ["pipeline", "step"], buckets=LATENCY_BUCKETS, registry=r)
         self.e2e_latency = BatchHistogram("tidal_end_to_end_latency_seconds",
                                           "Event timestamp to output acknowledged by the broker, per event.", p, LATENCY_BUCKETS, r)
-        self.scores = BatchHistogram("tidal_prediction_score", "Model scores, per event.", p, SCORE_BUCKETS, r)
-        self.predictions = Counter("tidal_predictions", "Predictions by model version and decision.",
-                                   ["pipeline", "model", "version", "decision"], registry=r)
-        self.model_info = Gauge("tidal_model_info", "1 for each model version that scored the latest batch.",
-                                ["pipeline", "model", "version"], registry=r)
         self.lag = Gauge("tidal_consumer_lag", "Messages not yet processed, per partition.",
                          ["pipeline", "topic", "partition"], registry=r)
         self.kafka_lag = Gauge("kafka_consumergroup_group_lag", "Consumer group lag in messages (kafka-lag-exporter).",
@@ -107,27 +66,6 @@ class WorkerMetrics:
                                  ["group", "topic", "partition"], registry=r)
         self.state_entries = Gauge("tidal_state_entries", "Keys held in a state store by this worker.",
                                    ["pipeline", "state"], registry=r)
-        self._versions: set[tuple[str, str]] = set()
-
-    def observe_models(self, models: np.ndarray, versions: np.ndarray, decisions: np.ndarray | None) -> None:
-        """Count predictions per (model, version, decision) of one batch; update the info metric."""
-        seen = set()
-        for model in set(models.tolist()):  # a handful of distinct values: loop over those, not rows
-            of_model = models == model
-            for version in set(versions[of_model].tolist()):
-                rows = of_model & (versions == version)
-                if decisions is None:
-                    self.predictions.labels(self.pipeline, model, version, "none").inc(int(rows.sum()))
-                else:
-                    positive = int((rows & decisions).sum())
-                    self.predictions.labels(self.pipeline, model, version, "true").inc(positive)
-                    self.predictions.labels(self.pipeline, model, version, "false").inc(int(rows.sum()) - positive)
-                seen.add((model, version))
-        for model, version in self._versions - seen:
-            self.model_info.remove(self.pipeline, model, version)
-        for model, version in seen:
-            self.model_info.labels(self.pipeline, model, version).set(1)
-        self._versions = seen
 
     def set_lag(self, topic: str, partition: int, lag: int, lag_seconds: float) -> None:
         self.lag.labels(self.pipeline, topic, str(partition)).set(lag)

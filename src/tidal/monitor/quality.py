@@ -61,31 +61,25 @@ class ModelQualityStep(Step):
         self.label_field = label_field
         self.versions: dict[tuple[str, str], _VersionMetrics] = {}
         self._gauge = None
-        self._producer = None
         self._topic = ""
         self._published = 0.0
 
-    def open(self, settings: Any, pipeline: str) -> None:
-        from confluent_kafka import Producer
+    @property
+    def side_outputs(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (f"{self.pipeline}.monitor",) if self.pipeline else ("{pipeline}.monitor",)
 
-        from tidal.broker.topics import TopicSpec, ensure_topics
-
-        self.pipeline = self.pipeline or pipeline
-        self._topic = f"{self.pipeline}.monitor"
-        ensure_topics(settings, [TopicSpec(self._topic, 1)])
-        self._producer = Producer(settings.client_config({"enable.idempotence": True, "log_level": 3}))
-
-    def attach_metrics(self, m: Any) -> None:
+    def open(self, ctx: Any) -> None:
         from prometheus_client import Gauge
 
-        self._gauge = Gauge("tidal_model_quality", "Rolling model quality from delayed labels.",
-                            ["pipeline", "model", "version", "metric", "window"], registry=m.registry)
+        self.pipeline = self.pipeline or ctx.pipeline
+        self._topic = self.outputs(ctx.pipeline)[0]
+        if ctx.registry is not None:
+            self._gauge = Gauge("tidal_model_quality", "Rolling model quality from delayed labels.",
+                                ["pipeline", "model", "version", "metric", "window"], registry=ctx.registry)
 
     def close(self) -> None:
-        if self._producer is not None:
+        if self.ctx is not None:
             self._publish()
-            self._producer.flush(10)
-            self._producer = None
 
     def process(self, batch: Batch) -> Batch:
         names = CLASSIFICATION if self.task == "binary" else REGRESSION
@@ -110,7 +104,7 @@ class ModelQualityStep(Step):
                 for window, table in (("events", values["events"]), ("time", values["time"])):
                     for metric, v in table.items():
                         self._gauge.labels(self.pipeline, model, version, metric, window).set(v)
-        if self._producer is not None and time.monotonic() - self._published >= self.publish_every_s:
+        if self.ctx is not None and time.monotonic() - self._published >= self.publish_every_s:
             self._publish()
         return batch
 
@@ -125,8 +119,7 @@ class ModelQualityStep(Step):
         for (model, version), values in self.snapshot().items():
             record = {"pipeline": self.pipeline, "model": model, "version": version, "time": time.time(),
                       "window_events": self.window, "window_s": self.period_s, **values}
-            self._producer.produce(self._topic, orjson.dumps(record), f"{model}/{version}".encode())
-        self._producer.poll(0)
+            self.ctx.emit(self._topic, orjson.dumps(record), f"{model}/{version}")
 
 
 def monitor_pipeline(pipeline: str, window: int = 1000, period_s: float = 3600.0, task: str = "binary",

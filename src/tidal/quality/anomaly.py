@@ -181,3 +181,8 @@ class AnomalyStep(QualityStep):
         self.count(self.flag_column, "anomaly", "flag", int(flag.sum()))
         batch.with_column(self.score_column, np.round(scores, 6))
         return batch.with_column(self.flag_column, flag)
+
+
+def from_spec(args: dict, base: Any = None, kind: str = "anomaly", previous: list | None = None) -> AnomalyStep:
+    """YAML ``- anomaly: {features: [bytes, duration], detector: iforest}``."""
+    return AnomalyStep(args.pop("features"), **args)

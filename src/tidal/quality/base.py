@@ -276,12 +276,10 @@ class QualityStep(Step):
         self.pipeline = ""
         self._metrics: _QualityMetrics | None = None
 
-    def attach_metrics(self, metrics: Any) -> None:
-        self._metrics = quality_metrics(metrics.registry)
-        self.pipeline = self.pipeline or getattr(metrics, "pipeline", "")
-
-    def open(self, settings: Any, pipeline: str) -> None:
-        self.pipeline = self.pipeline or pipeline
+    def open(self, ctx: Any) -> None:
+        self.pipeline = self.pipeline or ctx.pipeline
+        if ctx.registry is not None:
+            self._metrics = quality_metrics(ctx.registry)
 
     def process(self, batch: Batch) -> Batch:
         qb = as_quality(batch)

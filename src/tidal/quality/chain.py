@@ -38,7 +38,7 @@ __all__ = ["QualityChain", "ORDER"]
 ORDER = ("validate", "normalize", "impute", "outliers", "integrity", "profile")
 
 
-def _make(kind: str, args: Any) -> QualityStep:
+def make_step(kind: str, args: Any) -> QualityStep:
     args = {} if args in (None, True) else args
     if kind == "validate":
         return ValidateStep(args.get("schema"), flags=args.get("flags", True))
@@ -71,7 +71,7 @@ class QualityChain(QualityStep):
         unknown = set(spec) - set(ORDER)
         if unknown:
             raise ValueError(f"unknown quality parts {sorted(unknown)}; use {list(ORDER)}")
-        return cls([_make(kind, spec[kind]) for kind in ORDER if kind in spec and spec[kind] is not False])
+        return cls([make_step(kind, spec[kind]) for kind in ORDER if kind in spec and spec[kind] is not False])
 
     def apply(self, batch: QualityBatch) -> QualityBatch:
         for step in self.steps:
@@ -84,15 +84,15 @@ class QualityChain(QualityStep):
                 return batch.reject_all(step.error_reason, f"{type(exc).__name__}: {exc}", step.name)
         return batch
 
-    def open(self, settings: Any, pipeline: str) -> None:
-        super().open(settings, pipeline)
-        for s in self.steps:
-            s.open(settings, pipeline)
+    def outputs(self, pipeline: str) -> tuple[str, ...]:
+        """The side outputs of the chain's parts (a profile's ``<pipeline>.quality``)."""
+        return tuple(dict.fromkeys(t for s in self.steps for t in s.outputs(pipeline)))
 
-    def attach_metrics(self, metrics: Any) -> None:
-        super().attach_metrics(metrics)
-        for s in self.steps:
-            s.attach_metrics(metrics)
+    def open(self, ctx: Any) -> None:
+        super().open(ctx)
+        for s in self.steps:  # the parts write through the chain's context; the chain holds the state
+            s.ctx = ctx
+            s.open(ctx)
 
     def on_assign(self, partitions: list[tuple[str, int]]) -> None:
         for s in self.steps:
@@ -119,3 +119,8 @@ class QualityChain(QualityStep):
             for reason, n in s.dropped.items():
                 out["dropped"][f"{s.name}/{reason}"] = n
         return out
+
+
+def from_spec(args: dict, base: Any = None, kind: str = "quality", previous: list | None = None) -> QualityStep:
+    """YAML ``- quality: {...}`` (a chain) or one part: ``- impute: {bytes: median}``, ``- validate: ...``."""
+    return QualityChain.from_dict(args) if kind == "quality" else make_step(kind, args)

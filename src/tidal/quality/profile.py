@@ -134,34 +134,22 @@ class ProfileStep(QualityStep):
         self.fields = list(fields) if fields else None
         self.window_s, self.n_buckets, self.publish_every_s = float(window_s), int(buckets), float(publish_every_s)
         self.topic, self.top_k, self.clock = topic, top_k, clock
+        self.side_outputs = (topic or "{pipeline}.quality",)
         self.worker = f"{socket.gethostname()}-{os.getpid()}"
         self._buckets: list[tuple[float, dict[str, FieldProfile]]] = []
-        self._producer = None
         self._published = 0.0
         self._registry = None
 
     # -- wiring ---------------------------------------------------------------------------
-    def open(self, settings: Any, pipeline: str) -> None:
-        from confluent_kafka import Producer
-
-        from tidal.broker.topics import TopicSpec, ensure_topics
-
-        super().open(settings, pipeline)
-        self.topic = self.topic or f"{self.pipeline}.quality"
-        ensure_topics(settings, [TopicSpec(self.topic, 1)])
-        self._producer = Producer(settings.client_config({"enable.idempotence": True, "linger.ms": 50,
-                                                          "log_level": 3}))
+    def open(self, ctx: Any) -> None:
+        super().open(ctx)
+        self.topic = self.outputs(ctx.pipeline)[0]
+        self._registry = ctx.registry
         self._published = time.monotonic()
 
-    def attach_metrics(self, metrics: Any) -> None:
-        super().attach_metrics(metrics)
-        self._registry = metrics.registry
-
     def close(self) -> None:
-        if self._producer is not None:
+        if self.ctx is not None:
             self.publish()
-            self._producer.flush(10)
-            self._producer = None
 
     # -- work -----------------------------------------------------------------------------
     def apply(self, batch: QualityBatch) -> QualityBatch:
@@ -181,7 +169,7 @@ class ProfileStep(QualityStep):
             if fp.kind == "numeric" and col.dtype.kind not in "fiub":
                 col = _as_numbers(col)
             fp.update(col)
-        if self._producer is not None and time.monotonic() - self._published >= self.publish_every_s:
+        if self.ctx is not None and time.monotonic() - self._published >= self.publish_every_s:
             self.publish()
         return batch
 
@@ -219,10 +207,8 @@ class ProfileStep(QualityStep):
                     v = f.get(stat)
                     if isinstance(v, (int, float)) and math.isfinite(v):
                         g.labels(self.pipeline, name, stat).set(v)
-        if self._producer is not None:
-            self._producer.produce(self.topic, orjson.dumps(rec, option=orjson.OPT_SERIALIZE_NUMPY),
-                                   self.worker.encode())
-            self._producer.poll(0)
+        if self.ctx is not None:
+            self.ctx.emit(self.topic, orjson.dumps(rec, option=orjson.OPT_SERIALIZE_NUMPY), self.worker)
 
     def _counts(self) -> dict[str, Any]:
         out: dict[str, Any] = {"events_in": 0, "events_out": 0, "dlq": {}, "violations": {}, "dropped": {}}

@@ -129,6 +129,12 @@ class RemoteScoreStep(Step):
         self.inputs: list[tuple[str, str]] | None = None  # (name, datatype) from the model's metadata
         self._client: httpx.Client | None = None
         self.requests = 0
+        self._metrics: Any = None
+
+    def open(self, ctx: Any) -> None:
+        from tidal.models.metrics import ScoreMetrics
+
+        self._metrics = ScoreMetrics.of(ctx.registry, ctx.pipeline)
 
     @property
     def path(self) -> str:
@@ -243,6 +249,8 @@ class RemoteScoreStep(Step):
             batch.with_column("decision", decisions)
         batch.with_column("model", np.full(n, self.model, dtype=object))
         batch.with_column("model_version", versions)
+        if self._metrics is not None:
+            self._metrics.observe(batch)
         return batch
 
 
@@ -251,3 +259,8 @@ def _error_text(r: httpx.Response) -> str:
         return str(orjson.loads(r.content).get("error", r.text))[:300]
     except (orjson.JSONDecodeError, AttributeError):
         return r.text[:300]
+
+
+def from_spec(args: dict, base: Any = None, kind: str = "remote", previous: list | None = None) -> RemoteScoreStep:
+    """YAML ``- remote: {url: http://..., model: fraud}``: score on a model server (OIP v2)."""
+    return RemoteScoreStep(args.pop("url"), args.pop("model"), **args)

@@ -14,7 +14,7 @@ import msgspec
 import numpy as np
 import orjson
 
-from tidal.quality.schema import Schema, classify
+from tidal.stream.schema import Schema, classify
 from tidal.stream.batch import Batch, Reject
 
 __all__ = ["decode_messages", "decode_values", "next_offsets"]

@@ -21,14 +21,14 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from tidal.broker.topics import ALERTS_TOPIC, COMPACTED, MODELS_TOPIC, PipelineTopics, TopicSpec
-from tidal.quality.schema import Schema
+from tidal.broker.topics import PipelineTopics, TopicSpec, topic_spec
 from tidal.stream.batch import Batch, Reject
+from tidal.stream.context import SideOutputs, SideRecord, StepContext
+from tidal.stream.schema import Schema
 from tidal.stream.encode import encode_outputs
 from tidal.stream.step import FunctionStep, Step
 
 __all__ = ["Pipeline", "run_steps", "with_source"]
-
 
 def run_steps(steps: Sequence[Step], batch: Batch,
               timer: Callable[[str, float], None] | None = None) -> Batch:
@@ -78,7 +78,7 @@ class Pipeline:
     partitions: int = 4
     consumer_config: dict[str, Any] = field(default_factory=dict)
     producer_config: dict[str, Any] = field(default_factory=dict)
-    alerts: list[Any] = field(default_factory=list)  # tidal.monitor.AlertRule
+    alerts: list[Any] = field(default_factory=list)  # alert rules (dicts or tidal.monitor.AlertRule)
     lineage: bool = True  # add source_topic/partition/offset/timestamp to outputs
 
     def __post_init__(self) -> None:
@@ -89,20 +89,41 @@ class Pipeline:
         self.group = self.group or f"tidal.{self.name}"
         if self.max_batch < 1 or self.max_wait_ms < 0:
             raise ValueError("max_batch must be ≥ 1 and max_wait_ms ≥ 0")
+        self.check()
 
     def then(self, step: Step | Callable[[Batch], Batch], name: str | None = None) -> "Pipeline":
         """Append a step (a :class:`Step` or a function ``batch -> batch``); returns the pipeline."""
         self.steps.append(step if isinstance(step, Step) else FunctionStep(step, name))
+        self.check()
         return self
 
+    def check(self) -> None:
+        """Refuse what cannot run: a non-step, or two steps declaring the same state name."""
+        seen: dict[str, str] = {}
+        for step in self.steps:
+            if not isinstance(step, Step):
+                raise TypeError(f"{step!r} is not a tidal Step (wrap a function with FunctionStep)")
+            if step.state_name:
+                if step.state_name in seen:
+                    raise ValueError(f"steps {seen[step.state_name]!r} and {step.name!r} both declare state "
+                                     f"{step.state_name!r}: give one a name of its own (name=...)")
+                seen[step.state_name] = step.name
+
+    def changelog(self, step: Step) -> str:
+        """The compacted topic that backs ``step``'s state: ``<pipeline>.<state_name>.changelog``."""
+        return f"{self.name}.{step.state_name}.changelog"
+
+    def side_outputs(self) -> list[str]:
+        """Every topic the steps declared they write, in step order."""
+        return list(dict.fromkeys(t for s in self.steps for t in s.outputs(self.name)))
+
     def topic_specs(self) -> list[TopicSpec]:
-        """The topics this pipeline needs, for :func:`tidal.broker.topics.ensure_topics`."""
+        """The topics this pipeline reads and writes, for :func:`tidal.broker.topics.ensure_topics`
+        (changelog topics are made by the worker, co-partitioned with the source)."""
         specs = [TopicSpec(t, self.partitions) for t in self.sources]
         specs += [TopicSpec(self.sink, self.partitions), TopicSpec(self.dlq, 1)]
-        topics = PipelineTopics(self.name)
-        if self.sources == [topics.events]:  # a scoring pipeline: its labels topic too
-            specs.append(TopicSpec(topics.labels, self.partitions))
-        return specs + [TopicSpec(MODELS_TOPIC, 1, COMPACTED), TopicSpec(ALERTS_TOPIC, 1)]
+        specs += [topic_spec(t, 1) for t in self.side_outputs()]
+        return specs
 
     def process(self, batch: Batch, timer: Callable[[str, float], None] | None = None) -> Batch:
         """Run every step over one decoded batch and add the source position."""
@@ -122,10 +143,31 @@ class Pipeline:
         for batch in replay(settings, self.sources[0], self.schema, start, end):
             yield self.process(batch)
 
-    def test(self, values: Sequence[bytes], topic: str | None = None) -> tuple[list[bytes], list[Reject]]:
-        """Run the pipeline over raw message values in memory, no Kafka: (outputs, rejects)."""
+    def open_local(self) -> SideOutputs:
+        """Give every step a context without Kafka (as :meth:`test` does); returns where their
+        side outputs collect."""
+        sink = SideOutputs()
+        for step in self.steps:
+            ctx = StepContext(self.name, step=step.name, topics=step.outputs(self.name), sink=sink,
+                              store=step.state_store)
+            step.bind(ctx)
+            step.open(ctx)
+        return sink
+
+    def test(self, values: Sequence[bytes], topic: str | None = None,
+             side: list[SideRecord] | None = None) -> tuple[list[bytes], list[Reject]]:
+        """Run the pipeline over raw message values in memory, no Kafka: (outputs, rejects).
+
+        Steps that were not opened yet are opened without a cluster; their side outputs are
+        appended to ``side`` when given.
+        """
         from tidal.stream.decode import decode_values
 
+        sink = self.open_local() if any(s.ctx is None for s in self.steps) else \
+            (self.steps[0].ctx.sink if self.steps else SideOutputs())
         out = self.process(decode_values(values, self.schema, topic or self.sources[0]))
+        records = sink.take()
+        if side is not None:
+            side.extend(records)
         return encode_outputs(out), out.rejected
 

@@ -13,7 +13,7 @@ from typing import Iterator, Mapping
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from tidal.config import KafkaSettings
-from tidal.quality.schema import Schema
+from tidal.stream.schema import Schema
 from tidal.stream.batch import Batch
 from tidal.stream.decode import decode_messages
 

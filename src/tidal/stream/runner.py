@@ -36,13 +36,12 @@ def run_worker(spec: str | Path, settings: KafkaSettings, worker_id: str | None 
                metrics_port: int | None = None) -> int:
     """Run one worker in this process until a signal; serve /metrics on ``metrics_port`` (0 or None: off)."""
     from tidal.broker.topics import ensure_topics
-    from tidal.monitor.metrics import serve_metrics
 
     pipeline = load_pipeline(spec)
     ensure_topics(settings, pipeline.topic_specs())
     worker = Worker(pipeline, settings, worker_id or default_worker_id())
     if metrics_port:
-        port = serve_metrics(worker.metrics.registry, metrics_port)
+        port = worker.hooks.serve(metrics_port)
         if port:
             log.info("metrics on http://0.0.0.0:%d/metrics", port)
     worker.install_signal_handlers()

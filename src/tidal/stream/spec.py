@@ -33,28 +33,32 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from functools import lru_cache
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import yaml
 
-from tidal.monitor.alerts import AlertRule
-from tidal.quality.schema import Schema
 from tidal.stream.pipeline import Pipeline
+from tidal.stream.schema import Schema
 from tidal.stream.step import FunctionStep, Step
 
-__all__ = ["load_pipeline", "from_dict", "STEP_TYPES"]
+__all__ = ["load_pipeline", "from_dict", "step_types", "STEPS_GROUP"]
+
+#: Entry point group of the YAML step types. The package that owns a step registers it:
+#: ``score = "tidal.models.score:from_spec"``; the factory is called as
+#: ``factory(args, base=<folder of the YAML file>, kind=<type>, previous=<steps so far>)``.
+STEPS_GROUP = "tidal.steps"
 
 _KNOWN = {"pipeline", "name", "source", "sources", "sink", "dlq", "group", "schema", "steps", "batch",
           "exactly_once", "partitions", "kafka", "alerts", "state"}
 
 
-def _score(args: Mapping[str, Any], base: Path) -> Step:
-    from tidal.models.score import ScoreStep
-
-    args = dict(args)
-    model = Path(args.pop("model"))
-    return ScoreStep.from_path(str(model if model.is_absolute() else base / model), **args)
+@lru_cache(maxsize=1)
+def step_types() -> dict[str, EntryPoint]:
+    """The registered YAML step types, by name (loaded only when a pipeline uses one)."""
+    return {ep.name: ep for ep in entry_points(group=STEPS_GROUP)}
 
 
 def _python(target: str, args: Mapping[str, Any]) -> Step:
@@ -69,121 +73,31 @@ def _python(target: str, args: Mapping[str, Any]) -> Step:
     return obj if isinstance(obj, Step) else FunctionStep(obj, name=attr)
 
 
-def _deployed(args: Mapping[str, Any], base: Path) -> Step:
-    from tidal.models.deployed import DeployedScoreStep
-
-    args = dict(args)
-    return DeployedScoreStep(args.pop("model"), **args)
-
-
-def _remote(args: Mapping[str, Any], base: Path) -> Step:
-    from tidal.serve.remote import RemoteScoreStep
-
-    args = dict(args)
-    return RemoteScoreStep(args.pop("url"), args.pop("model"), **args)
-
-
-STEP_TYPES: dict[str, Callable[..., Step]] = {"score": _score, "deployed": _deployed, "remote": _remote}
-
-
-def _quality(kind: str) -> Callable[..., Step]:
-    """Data-quality steps (``tidal.quality``): ``- impute: {bytes: median}`` etc.; see its chain module."""
-
-    def make(args: Mapping[str, Any], base: Path) -> Step:
-        from tidal.quality.chain import QualityChain, _make
-
-        return QualityChain.from_dict(args) if kind == "quality" else _make(kind, args)
-
-    return make
-
-
-def _anomaly(args: Mapping[str, Any], base: Path) -> Step:
-    from tidal.quality.anomaly import AnomalyStep
-
-    args = dict(args)
-    return AnomalyStep(args.pop("features"), **args)
-
-
-STEP_TYPES.update({k: _quality(k) for k in ("quality", "validate", "normalize", "impute", "outliers", "integrity",
-                                            "profile")})
-STEP_TYPES["anomaly"] = _anomaly
-
-
-def _windowed(kind: str) -> Callable[..., Step]:
-    """``window`` (tumbling/hopping), ``sliding`` and ``session`` steps; ``aggs`` as
-    :func:`tidal.features.aggregates.normalize` reads them: ``name: [field, agg]``,
-    ``name: [field, distinct, {lg_k: 14}]``, ``name: [field, "module:Reducer"]`` or
-    ``name: {field: .., agg: ..}`` / ``{field: .., reducer: ..}``."""
-
-    def make(args: Mapping[str, Any], base: Path) -> Step:
-        from tidal.features import SessionAggregate, SlidingAggregate, WindowAggregate
-
-        cls = {"window": WindowAggregate, "sliding": SlidingAggregate, "session": SessionAggregate}[kind]
-        args = dict(args)
-        return cls(args.pop("key"), dict(args.pop("aggs")), **args)
-
-    return make
-
-
-STEP_TYPES.update({k: _windowed(k) for k in ("window", "sliding", "session")})
-
-
-def _sql(args: Mapping[str, Any], base: Path) -> Step:
-    from tidal.features.sql import SqlStep
-
-    args = dict(args)
-    models = {k: str(v if Path(v).is_absolute() else base / v) for k, v in dict(args.pop("models", {}) or {}).items()}
-    return SqlStep(args.pop("query"), models=models, **args)
-
-
-STEP_TYPES["sql"] = _sql
-
-
-def _enrich(args: Mapping[str, Any], base: Path) -> Step:
-    from tidal.features.enrich import TableJoin
-
-    args = dict(args)
-    return TableJoin(args.pop("table"), args.pop("key"), args.pop("fields"), **args)
-
-
-STEP_TYPES["enrich"] = _enrich
-
-
-def _step(entry: Mapping[str, Any], base: Path) -> Step:
+def _step(entry: Mapping[str, Any], base: Path, previous: list[Step]) -> Step:
     entry = dict(entry)
     if "python" in entry:
         return _python(entry["python"], entry.get("args") or {})
-    if len(entry) != 1 or next(iter(entry)) not in STEP_TYPES:
-        raise ValueError(f"unknown step {entry!r}; use one of {sorted(STEP_TYPES)} or 'python: module:attr'")
+    types = step_types()
+    if len(entry) != 1 or next(iter(entry)) not in types:
+        raise ValueError(f"unknown step {entry!r}; use one of {sorted(types)} or 'python: module:attr'")
     kind, args = next(iter(entry.items()))
-    return STEP_TYPES[kind](args or {}, base)
-
-
-def _with_explain(steps: list[Step], entry: Mapping[str, Any]) -> Step:
-    """``explain: {sample: 0.001, k: 3}`` explains the rows of the model step before it."""
-    from tidal.models.explain import ExplainStep
-
-    scorers = [s for s in steps if s.name == "score"]
-    if not scorers:
-        raise ValueError("an explain step needs a score or deployed step before it")
-    return ExplainStep(scorers[-1], **dict(entry.get("explain") or {}))
+    return types[kind].load()(dict(args or {}), base=base, kind=kind, previous=previous)
 
 
 def _steps(entries: list[Mapping[str, Any]], base: Path) -> list[Step]:
     steps: list[Step] = []
     for entry in entries:
-        steps.append(_with_explain(steps, entry) if "explain" in dict(entry) else _step(entry, base))
+        steps.append(_step(entry, base, steps))
     return steps
 
 
 def _state(steps: list[Step], state: Mapping[str, Any], name: str, base: Path) -> None:
-    """``state: {backend: rocksdb, path: state}``: the backend of every window step that names none.
+    """``state: {backend: rocksdb, path: state}``: the backend of every stateful step that names none.
 
     ``path`` (relative to the YAML file; default ``$TIDAL_HOME/state/<pipeline>``) holds the
     scratch databases; the changelog topics stay the record of truth.
     """
     from tidal.broker.embedded import tidal_home
-    from tidal.features.keyed import KeyedAggregate
     from tidal.stream.state import BACKENDS
 
     unknown = set(state) - {"backend", "path"}
@@ -194,7 +108,7 @@ def _state(steps: list[Step], state: Mapping[str, Any], name: str, base: Path) -
         raise ValueError(f"unknown state backend {backend!r}; use one of {BACKENDS}")
     path = Path(state["path"]) if state.get("path") else tidal_home() / "state" / name
     for step in steps:
-        if isinstance(step, KeyedAggregate) and step.state_backend is None:
+        if step.state_name and step.state_backend is None:
             step.state_backend = backend
             if step.state_path is None:
                 step.state_path = str(path if path.is_absolute() else base / path)
@@ -229,7 +143,7 @@ def from_dict(spec: Mapping[str, Any], base: str | Path = ".") -> Pipeline:
         partitions=int(spec.get("partitions", 4)),
         consumer_config=dict(kafka.get("consumer") or {}),
         producer_config=dict(kafka.get("producer") or {}),
-        alerts=[AlertRule.from_dict(a) for a in spec.get("alerts") or []],
+        alerts=[dict(a) for a in spec.get("alerts") or []],  # read by the worker's hooks (the monitor)
     )
 
 

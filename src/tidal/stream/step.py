@@ -1,8 +1,19 @@
-"""The step protocol: one required method, ``process(batch) -> batch``.
+"""The step protocol: one required method, ``process(batch) -> batch``; everything else optional.
 
-A step sees a whole micro-batch and should compute column-wise. Optional hooks run when the
-worker starts (``open``), when Kafka assigns or revokes partitions, and when it shuts down. A step that raises has
-its whole batch sent to the dead-letter topic with ``error_reason``; the pipeline goes on.
+A step sees a whole micro-batch and should compute column-wise. It may **declare**:
+
+- ``state_name``: the name of its state, unique in the pipeline. The worker then gives it a
+  :class:`~tidal.stream.state.StateStore` (``ctx.store``, also ``self.state_store``) backed
+  by the compacted topic ``<pipeline>.<state_name>.changelog``, restored on assignment and
+  rolled back with an aborted transaction;
+- ``side_outputs``: the topics it writes besides the sink (alerts, model snapshots, profiles;
+  ``{pipeline}`` is replaced by the pipeline's name). It writes them with ``ctx.emit`` /
+  ``ctx.alert``, never with a producer of its own: the worker produces them with the batch,
+  inside its transaction (exactly-once) or acknowledged before the commit (at-least-once).
+
+Optional hooks: ``open(ctx)`` when the worker starts, ``on_assign`` / ``on_revoke`` when Kafka
+moves partitions, ``close()`` at shutdown. A step that raises has its whole batch sent to the
+dead-letter topic with ``error_reason``; the pipeline goes on. See ``docs/architecture.md``.
 
 >>> import numpy as np
 >>> from tidal.stream.batch import Batch
@@ -13,39 +24,59 @@ array([2., 4.])
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Callable
 
 from tidal.stream.batch import Batch
 
 if TYPE_CHECKING:
-    from tidal.config import KafkaSettings
+    from tidal.stream.context import StepContext
+    from tidal.stream.state import StateStore
 
 __all__ = ["Step", "FunctionStep"]
 
 
-class Step:
+class Step(ABC):
     """Base class for pipeline steps. Subclasses implement :meth:`process`."""
 
     name: str = "step"
     error_reason: str = "step_error"
+    #: The state this step keeps in a changelog-backed store (``None``: stateless).
+    state_name: str | None = None
+    #: The store's backend when the step has state: ``memory`` or ``rocksdb`` (``None``: the pipeline's).
+    state_backend: str | None = None
+    state_path: str | None = None
+    #: Topics this step writes through ``ctx.emit`` (``{pipeline}`` is the pipeline's name).
+    side_outputs: tuple[str, ...] = ()
+    #: Set by the worker (or :meth:`Pipeline.test`) before :meth:`open`.
+    ctx: "StepContext | None" = None
+    state_store: "StateStore | None" = None
 
+    @abstractmethod
     def process(self, batch: Batch) -> Batch:
-        raise NotImplementedError
+        """Transform one micro-batch; return the batch to pass on (rejects travel inside it)."""
 
-    def open(self, settings: "KafkaSettings", pipeline: str) -> None:
-        """The worker is starting on this cluster (connect to side topics, start threads here)."""
+    def outputs(self, pipeline: str) -> tuple[str, ...]:
+        """The side-output topics of this step in ``pipeline``."""
+        return tuple(t.replace("{pipeline}", pipeline) for t in self.side_outputs)
 
-    def attach_metrics(self, metrics: Any) -> None:
-        """Register this step's own metrics on the worker's registry (``metrics.registry``)."""
+    def bind(self, ctx: "StepContext") -> None:
+        """Give the step its context (and store); the worker calls it, then :meth:`open`."""
+        self.ctx = ctx
+        if ctx.store is not None:
+            self.state_store = ctx.store
+
+    def open(self, ctx: "StepContext") -> None:
+        """Optional: the worker is starting (``ctx``: pipeline, cluster, metrics, store, emit)."""
 
     def on_assign(self, partitions: list[tuple[str, int]]) -> None:
-        """Partitions were assigned to this worker (restore per-partition state here)."""
+        """Optional: partitions were assigned (their stores are already restored)."""
 
     def on_revoke(self, partitions: list[tuple[str, int]]) -> None:
-        """Partitions are leaving this worker (flush per-partition state here)."""
+        """Optional: partitions are leaving this worker, or their batch was rolled back."""
 
     def close(self) -> None:
-        """The worker is shutting down."""
+        """Optional: the worker is shutting down."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
@@ -60,3 +91,4 @@ class FunctionStep(Step):
 
     def process(self, batch: Batch) -> Batch:
         return self.fn(batch)
+

@@ -1,23 +1,29 @@
 """The worker: runs a pipeline on Kafka, one micro-batch at a time.
 
-One batch is one ordered sequence, written once, here:
+One batch is one ordered sequence (:meth:`Worker._process`), and its delivery is written in
+one place (the *delivery* section below):
 
 1. **consume** up to ``max_batch`` messages or ``max_wait_ms``; with ``max_wait_ms=0`` a batch
    is whatever has arrived while the previous one was processed (no wait to fill it);
 2. **decode** into columns; undecodable records become rejects;
-3. **steps** transform the whole batch; a step that raises rejects the batch it got;
-4. **produce** outputs to the sink and rejects to the DLQ (original bytes + reason headers);
-5. **deliver**: at-least-once commits a batch's offsets once the broker acknowledged every
+3. **steps** transform the whole batch; a step that raises rejects the batch it got. Steps
+   write their side outputs with ``ctx.emit`` (queued, not produced);
+4. **produce**, as one unit (:class:`_Unit`): state changelog records, sink outputs, DLQ
+   rejects and the side outputs the steps emitted;
+5. **commit**: at-least-once commits a unit's offsets once the broker acknowledged every
    record of it, without waiting for it: the next batches are consumed, computed and
-   produced meanwhile (up to ``max_in_flight`` batches unacknowledged), and acknowledged
-   batches are committed in order as their reports arrive, when idle, on revocation and on
-   shutdown. Exactly-once (``exactly_once=True``) instead commits
-   outputs and offsets in one Kafka transaction (``send_offsets_to_transaction``).
+   produced meanwhile (up to ``max_in_flight`` units unacknowledged), and acknowledged
+   units are committed in order (:meth:`Worker._settle`), when idle, on revocation and on
+   shutdown; a record the broker refuses raises :class:`DeliveryFailed` and nothing after it
+   is committed. Exactly-once (``exactly_once=True``) puts the unit and its offsets in one
+   Kafka transaction; an aborted transaction rolls the batch back (:meth:`Worker._roll_back`):
+   the consumer seeks back *and* the steps' state is restored to the committed point.
 
 Offsets are never committed for a record whose output was not acknowledged, so a crash at
 any point loses nothing (at-least-once may repeat the last batch; exactly-once does not).
 Workers sharing ``pipeline.group`` split the partitions; revoked partitions are committed
 before they leave. SIGTERM / SIGINT finish the current batch, commit, and exit cleanly.
+Metrics and alert rules are the business of :class:`~tidal.stream.hooks.WorkerHooks`.
 """
 
 from __future__ import annotations
@@ -33,22 +39,23 @@ from itertools import repeat
 from typing import Any, Callable
 
 import numpy as np
-import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from tidal.broker.topics import ALERTS_TOPIC
+from tidal.broker.topics import ALERTS_TOPIC, COMPACTED, TopicSpec, ensure_topics, topic_spec
 from tidal.config import KafkaSettings
-from tidal.monitor.alerts import AlertEvaluator
-from tidal.monitor.metrics import WorkerMetrics
 from tidal.stream.batch import Batch, Reject
+from tidal.stream.context import SideOutputs, SideRecord, StepContext
 from tidal.stream.decode import decode_messages
 from tidal.stream.encode import dlq_headers, encode_outputs
+from tidal.stream.hooks import WorkerHooks, default_hooks
 from tidal.stream.pipeline import Pipeline
 from tidal.stream.state import StateStore, restore_partitions
 
-__all__ = ["Worker", "WorkerStats", "DeliveryFailed"]
+__all__ = ["Worker", "WorkerStats", "DeliveryFailed", "fetch_wait_ms", "take_arrived"]
 
 log = logging.getLogger("tidal.worker")
+
+Offsets = dict[tuple[str, int], int]
 
 
 class DeliveryFailed(RuntimeError):
@@ -61,6 +68,7 @@ class WorkerStats:
 
     events_in: int = 0
     outputs: int = 0
+    side_outputs: int = 0
     dlq: Counter = field(default_factory=Counter)
     batches: int = 0
     commits: int = 0
@@ -72,30 +80,32 @@ class WorkerStats:
     last_event_at: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"events_in": self.events_in, "outputs": self.outputs, "dlq": dict(self.dlq),
-                "dlq_total": sum(self.dlq.values()), "batches": self.batches, "commits": self.commits,
-                "rebalances": self.rebalances, "aborted_transactions": self.aborted, "busy_s": round(self.busy_s, 3),
-                "first_event_at": self.first_event_at, "last_event_at": self.last_event_at}
+        return {"events_in": self.events_in, "outputs": self.outputs, "side_outputs": self.side_outputs,
+                "dlq": dict(self.dlq), "dlq_total": sum(self.dlq.values()), "batches": self.batches,
+                "commits": self.commits, "rebalances": self.rebalances, "aborted_transactions": self.aborted,
+                "busy_s": round(self.busy_s, 3), "first_event_at": self.first_event_at,
+                "last_event_at": self.last_event_at}
 
 
-class _Acks:
-    """One produced batch: its next offsets, and the broker's acknowledgements still to come."""
+@dataclass
+class _Unit:
+    """What one batch delivers, as one unit: produced together, committed together."""
 
-    __slots__ = ("offsets", "pending", "sealed", "errors", "error_counter")
+    offsets: Offsets  # next offset per source partition (empty: side outputs emitted between batches)
+    outputs: list[bytes] = field(default_factory=list)
+    keys: list[Any] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    changes: list[tuple[str, int, bytes, bytes]] = field(default_factory=list)  # state changelog records
+    side: list[SideRecord] = field(default_factory=list)
+    msgs: list[Any] = field(default_factory=list)  # the consumed messages (to rewind on abort)
+    # at-least-once: acknowledgements still to come, and what the broker refused
+    pending: int = 0
+    sealed: bool = False
+    errors: list[str] = field(default_factory=list)
 
-    def __init__(self, offsets: dict[tuple[str, int], int], error_counter: Any) -> None:
-        self.offsets, self.pending, self.sealed, self.errors = offsets, 0, False, []
-        self.error_counter = error_counter
-
-    def ack(self, err: KafkaError | None, msg: Any) -> None:  # librdkafka's delivery report, per record
-        self.pending -= 1
-        if err is not None:
-            self.errors.append(f"{msg.topic()}: {err.str()}")
-            self.error_counter.inc()
-
-    def seal(self, produced: int) -> None:
-        self.pending += produced
-        self.sealed = True
+    @property
+    def size(self) -> int:
+        return len(self.changes) + len(self.outputs) + len(self.rejects) + len(self.side)
 
     @property
     def done(self) -> bool:
@@ -122,35 +132,38 @@ def take_arrived(consumer: Consumer, max_n: int, timeout: float) -> list[Any]:
 class Worker:
     """Run ``pipeline`` against the cluster in ``settings`` until :meth:`stop` (or a signal).
 
-    ``max_in_flight``: at-least-once batches produced but not yet acknowledged (each is
-    committed once all its records are acknowledged, in order).
+    ``hooks``: what the worker reports to (default: :func:`~tidal.stream.hooks.default_hooks`,
+    the monitor's metrics and alert rules). ``max_in_flight``: at-least-once batches produced
+    but not yet acknowledged (each is committed once all its records are, in order).
     """
 
     def __init__(self, pipeline: Pipeline, settings: KafkaSettings, worker_id: str = "0",
                  on_batch: Callable[["Worker", Batch], None] | None = None,
-                 metrics: WorkerMetrics | None = None, lag_interval_s: float = 1.0, max_in_flight: int = 3) -> None:
+                 hooks: WorkerHooks | None = None, lag_interval_s: float = 1.0, max_in_flight: int = 3) -> None:
         self.pipeline = pipeline
         self.settings = settings
         self.worker_id = worker_id
         self.on_batch = on_batch
         self.stats = WorkerStats()
-        self.metrics = metrics or WorkerMetrics(pipeline.name, pipeline.group)
+        self.hooks = hooks if hooks is not None else default_hooks(pipeline)
         self.lag_interval_s = lag_interval_s
-        self._positions: dict[tuple[str, int], int] = {}  # next offset to process, per partition
-        self._last_ts: dict[tuple[str, int], int] = {}  # timestamp (ms) of the last processed event
-        self._lag_at = 0.0
-        self._alerts_at = 0.0
-        self._alert_producer: Producer | None = None
-        self.alerts = AlertEvaluator(pipeline.alerts, self.metrics.registry, pipeline.name, self._emit_alert)
-        self._stop = threading.Event()
-        self._done: dict[tuple[str, int], int] = {}  # offsets processed and delivered, not yet sync-committed
-        self._delivery_errors: list[str] = []
-        self._inflight: deque[_Acks] = deque()  # batches produced, oldest first, not yet committed
         self.max_in_flight = max_in_flight
+        self.side = SideOutputs()  # what steps (and hooks) emitted, not yet produced
+        self.stores: dict[int, StateStore] = {}  # by step index
+        self._positions: Offsets = {}  # next offset to process, per partition
+        self._last_ts: Offsets = {}  # timestamp (ms) of the last processed event
+        self._lag_at = 0.0
+        self._stop = threading.Event()
+        self._done: Offsets = {}  # offsets delivered and async-committed, to sync-commit on revoke/shutdown
+        self._inflight: deque[_Unit] = deque()  # at-least-once units produced, oldest first
         self._last_input = float("inf")
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
-        self.stores: list[StateStore] = []
+
+    @property
+    def registry(self) -> Any:
+        """The hooks' metrics registry (what ``/metrics`` serves), or None."""
+        return self.hooks.registry
 
     # -- clients ---------------------------------------------------------------------------
     def _consumer_config(self) -> dict[str, Any]:
@@ -186,7 +199,7 @@ class Worker:
             "compression.type": "lz4",
             "queue.buffering.max.messages": max(1_000_000, 4 * p.max_batch),
             "queue.buffering.max.kbytes": 2_097_151,
-            "on_delivery": self._on_delivery,
+            "on_delivery": self._on_delivery,  # exactly-once: the transaction's records
             "client.id": f"tidal-{p.name}-{self.worker_id}",
             "log_level": 3,
         }
@@ -196,67 +209,99 @@ class Worker:
         return self.settings.client_config(conf)
 
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
-        if err is not None:
-            self._delivery_errors.append(f"{msg.topic()}: {err.str()}")
-            self.metrics.produce_errors.inc()
+        if err is not None:  # the transaction's commit fails and says why; count it here
+            self.hooks.produce_error()
+
+    # -- start: state stores and step contexts ---------------------------------------------
+    def _open_steps(self) -> None:
+        """A store (and compacted changelog) per step that declares ``state_name``, then each
+        step's context: its store, its declared side outputs, the metrics registry."""
+        p = self.pipeline
+        p.check()
+        side = p.side_outputs() + [t for t in self.hooks.alert_topics() if t not in p.side_outputs()]
+        if side:  # the topics steps write must exist before they write (not auto-created with other settings)
+            ensure_topics(self.settings, [topic_spec(t, 1) for t in side])
+        stateful = [(i, s) for i, s in enumerate(p.steps) if s.state_name]
+        if stateful:
+            if len(p.sources) != 1:
+                raise ValueError("stateful steps need a pipeline with exactly one source topic")
+            n = self._source_partitions()
+            for i, step in stateful:
+                store = StateStore(step.state_name, p.changelog(step), backend=step.state_backend or "memory",
+                                   path=step.state_path)
+                ensure_topics(self.settings, [TopicSpec(store.changelog, n, COMPACTED)])
+                self.stores[i] = store
+        for i, step in enumerate(p.steps):
+            ctx = StepContext(p.name, step=step.name, topics=step.outputs(p.name), sink=self.side,
+                              settings=self.settings, registry=self.hooks.registry, store=self.stores.get(i))
+            step.bind(ctx)
+            step.open(ctx)
+        self.hooks.started(p, self._emit_alert)
+
+    def _source_partitions(self) -> int:
+        from confluent_kafka.admin import AdminClient
+
+        p = self.pipeline
+        md = AdminClient(self.settings.client_config({"log_level": 0})).list_topics(p.sources[0], timeout=10)
+        return len(md.topics[p.sources[0]].partitions) or p.partitions  # co-partitioned with the source
+
+    def _emit_alert(self, event: dict[str, Any]) -> None:
+        """Alerts of the hooks (alert rules) travel like a step's side outputs."""
+        import orjson
+
+        self.side.put(SideRecord(ALERTS_TOPIC, orjson.dumps(event), str(event.get("rule", "")).encode(), None))
 
     # -- rebalance -------------------------------------------------------------------------
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.stats.rebalances += 1
-        self.metrics.rebalances.inc()
-        self._last_input = min(self._last_input, time.monotonic())
-        tps = [(tp.topic, tp.partition) for tp in partitions]
-        log.info("worker %s assigned %s", self.worker_id, tps)
-        committed: dict[tuple[str, int], int] = {}
-        try:  # where each partition starts: for lag, and for restoring state
-            for tp in consumer.committed(partitions, timeout=10):
-                committed[(tp.topic, tp.partition)] = tp.offset
-                if tp.offset >= 0:
-                    self._positions.setdefault((tp.topic, tp.partition), tp.offset)
-        except KafkaException as exc:
-            if self.stores:
-                raise  # restoring state without knowing what committed could apply a batch twice
-            log.warning("could not read committed offsets: %s", exc)
-        for store in self.stores:  # state first: no batch of these partitions runs before it is back
+    def _committed(self, partitions: list[TopicPartition]) -> Offsets:
+        """Committed offsets (-1: none) of ``partitions``; where restored state resumes."""
+        out: Offsets = {}
+        for tp in self.consumer.committed(partitions, timeout=10):
+            out[(tp.topic, tp.partition)] = tp.offset
+        return out
+
+    def _restore(self, tps: list[tuple[str, int]], committed: Offsets) -> None:
+        for store in self.stores.values():  # state first: no batch of these partitions runs before it is back
             t0 = time.monotonic()
             n = restore_partitions(self.settings, store, {q: committed.get((t, q), -1) for t, q in tps})
             log.info("restored %s %s: %d changelog records in %.2fs", store.name, [q for _t, q in tps], n,
                      time.monotonic() - t0)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.stats.rebalances += 1
+        self.hooks.rebalanced()
+        tps = [(tp.topic, tp.partition) for tp in partitions]
+        log.info("worker %s assigned %s", self.worker_id, tps)
+        committed: Offsets = {}
+        try:  # where each partition starts: for lag, and for restoring state
+            committed = self._committed(partitions)
+        except KafkaException as exc:
+            if self.stores:
+                raise  # restoring state without knowing what committed could apply a batch twice
+            log.warning("could not read committed offsets: %s", exc)
+        for key, offset in committed.items():
+            if offset >= 0:
+                self._positions.setdefault(key, offset)
+        self._restore(tps, committed)
         for step in self.pipeline.steps:
             step.on_assign(tps)
-        self._last_input = min(self._last_input, time.monotonic()) if self._last_input == float("inf") \
-            else time.monotonic()  # restoring is not idleness
+        self._last_input = time.monotonic()  # restoring is not idleness: the idle clock starts now
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.stats.rebalances += 1
-        self.metrics.rebalances.inc()
+        self.hooks.rebalanced()
         self._last_input = time.monotonic()  # a rebalance is under way: not idle, wait for it
         tps = [(tp.topic, tp.partition) for tp in partitions]
         for t, q in tps:
-            self.metrics.forget_partition(t, q)
+            self.hooks.revoked(t, q)
             self._positions.pop((t, q), None)
         log.info("worker %s revoked %s", self.worker_id, tps)
         for step in self.pipeline.steps:
             step.on_revoke(tps)
         self._settle()
         self._commit_done(only=set(tps))
-        for store in self.stores:
+        for store in self.stores.values():
             for _t, q in tps:
                 store.drop(q)
-
-    def _commit_done(self, only: set[tuple[str, int]] | None = None) -> None:
-        """Synchronously commit delivered offsets (at-least-once); in EOS the transaction did it."""
-        pending = {k: v for k, v in self._done.items() if only is None or k in only}
-        if not pending or self.pipeline.exactly_once or self.consumer is None:
-            return
-        offsets = [TopicPartition(t, p, o) for (t, p), o in pending.items()]
-        try:
-            self.consumer.commit(offsets=offsets, asynchronous=False)
-            self.stats.commits += 1
-        except KafkaException as exc:  # e.g. the partition already moved: it will be re-read, not lost
-            log.warning("sync commit failed: %s", exc)
-        for k in pending:
-            self._done.pop(k, None)
 
     # -- the loop --------------------------------------------------------------------------
     def stop(self) -> None:
@@ -270,10 +315,7 @@ class Worker:
     def run(self, idle_exit_s: float | None = None) -> WorkerStats:
         """Process batches until stopped (or, with ``idle_exit_s``, after that long without input)."""
         p = self.pipeline
-        self.stores = self._make_stores()
-        for step in p.steps:
-            step.open(self.settings, p.name)
-            step.attach_metrics(self.metrics)
+        self._open_steps()
         self.consumer = Consumer(self._consumer_config())
         self.producer = Producer(self._producer_config())
         if p.exactly_once:
@@ -286,19 +328,20 @@ class Worker:
             while not self._stop.is_set():
                 msgs = take()
                 self.producer.poll(0)
-                if not msgs:
-                    self._settle(wait=False)  # idle: commit the last batches as soon as they are acknowledged
                 if msgs:
                     msgs = self._drop_errors(msgs)
                 if msgs:
                     self._last_input = time.monotonic()
                     self._process(msgs)
-                if time.monotonic() - self._lag_at >= self.lag_interval_s:  # idle too: lag drains to 0
+                else:
+                    if len(self.side):  # emitted between batches (timers, hooks): a unit of its own
+                        self._deliver(_Unit({}, side=self.side.take()))
+                    self._settle(wait=False)  # idle: commit the last units as soon as they are acknowledged
+                now = time.monotonic()
+                if now - self._lag_at >= self.lag_interval_s:  # idle too: lag drains to 0
                     self._update_lag()
-                if self.alerts.rules and time.monotonic() - self._alerts_at >= 1.0:
-                    self._alerts_at = time.monotonic()
-                    self.alerts.evaluate()
-                if not msgs and idle_exit_s is not None and time.monotonic() - self._last_input > idle_exit_s:
+                self.hooks.tick(time.time())
+                if not msgs and idle_exit_s is not None and now - self._last_input > idle_exit_s:
                     break
         finally:
             self._shutdown()
@@ -332,36 +375,30 @@ class Worker:
         return good
 
     def _process(self, msgs: list[Any]) -> None:
+        """One batch: decode, steps, then deliver it as one unit."""
         t0 = time.perf_counter()
         p = self.pipeline
         batch, offsets = decode_messages(msgs, p.schema)
         self._remember_positions(batch, offsets)
-        batch = p.process(batch, self._time_step)
+        batch = p.process(batch, self.hooks.step_seconds)
         outputs = encode_outputs(batch) if len(batch) else []
-        changes = self._state_changes(offsets)
-        if p.exactly_once:
-            self._deliver_transaction(batch, outputs, msgs, offsets, changes)
-        else:
-            self._send(batch, outputs, offsets, changes)
+        unit = _Unit(offsets, outputs, batch.keys if outputs else [], batch.rejected, self._state_changes(offsets),
+                     self.side.take(), msgs)
+        self._deliver(unit)
         now = time.time()
         s = self.stats
         s.first_event_at = s.first_event_at or now
         s.last_event_at = now
         s.events_in += len(msgs)
-        s.outputs += len(outputs)
+        s.batches += 1
         for r in batch.rejected:
             s.dlq[r.reason] += 1
-        s.batches += 1
         s.busy_s += time.perf_counter() - t0
-        self._observe(batch, len(msgs), len(outputs), time.perf_counter() - t0)
+        self.hooks.batch(batch, len(msgs), len(outputs), time.perf_counter() - t0)
         if self.on_batch is not None:
             self.on_batch(self, batch)
 
-    # -- metrics ---------------------------------------------------------------------------
-    def _time_step(self, step: str, seconds: float) -> None:
-        self.metrics.step_seconds.labels(self.pipeline.name, step).observe(seconds)
-
-    def _remember_positions(self, batch: Batch, offsets: dict[tuple[str, int], int]) -> None:
+    def _remember_positions(self, batch: Batch, offsets: Offsets) -> None:
         self._positions.update(offsets)
         if len(batch):  # the newest event per partition, for lag in seconds
             for (t, q) in offsets:
@@ -369,191 +406,188 @@ class Worker:
                 if len(rows):
                     self._last_ts[(t, q)] = int(batch.timestamps[rows[-1]])
 
-    def _observe(self, batch: Batch, n_in: int, n_out: int, seconds: float) -> None:
-        m = self.metrics
-        m.events_in.inc(n_in)
-        m.events_out.inc(n_out)
-        m.batches.inc()
-        m.batch_size.observe(n_in)
-        m.batch_seconds.observe(seconds)
-        for reason, count in Counter(r.reason for r in batch.rejected).items():
-            m.dlq.labels(self.pipeline.name, reason).inc(count)
-        if not len(batch):
-            return
-        m.e2e_latency.observe_many((time.time() * 1000 - batch.timestamps) / 1000)
-        cols = batch.columns
-        if "score" in cols:
-            m.scores.observe_many(cols["score"])
-        if "model_version" in cols and "model" in cols:
-            m.observe_models(cols["model"], cols["model_version"], cols.get("decision"))
-
-    def _emit_alert(self, event: dict[str, Any]) -> None:
-        """Alerts go out on their own producer: outside the batch's transaction, never lost in it."""
-        if self._alert_producer is None:
-            self._alert_producer = Producer(self.settings.client_config({"enable.idempotence": True,
-                                                                         "log_level": 3}))
-        self._alert_producer.produce(ALERTS_TOPIC, orjson.dumps(event), event["rule"].encode())
-        self._alert_producer.poll(0)
-
     def _update_lag(self) -> None:
         """Lag per assigned partition: high watermark (from the last fetch) minus our position.
 
         A partition not fetched yet gets no number until its first fetch answers (within
         ``fetch.wait.max.ms``): asking the broker instead (ListOffsets) can be short by a record
-        batch on the embedded broker (DESIGN.md), and a wrong lag is worse than a late one.
+        batch on the embedded broker, and a wrong lag is worse than a late one.
         """
         self._lag_at = time.monotonic()
         now_ms = time.time() * 1000
         for tp in self.consumer.assignment():
             key = (tp.topic, tp.partition)
             try:
-                _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                low, high = self.consumer.get_watermark_offsets(tp, cached=True)
             except KafkaException:
                 continue
             if high < 0:
                 continue
-            lag = max(0, high - self._positions.get(key, max(_low, 0)))  # no commit yet: from the start
+            lag = max(0, high - self._positions.get(key, max(low, 0)))  # no commit yet: from the start
             age = (now_ms - self._last_ts.get(key, now_ms)) / 1000 if lag else 0.0
-            self.metrics.set_lag(tp.topic, tp.partition, lag, max(0.0, age))
+            self.hooks.lag(tp.topic, tp.partition, lag, max(0.0, age))
 
-    # -- state -----------------------------------------------------------------------------
-    def _make_stores(self) -> list[StateStore]:
-        """A store (and a compacted changelog topic) for each step that declares ``state_name``."""
-        from tidal.broker.topics import COMPACTED, TopicSpec, ensure_topics
-
-        p = self.pipeline
-        stateful = [s for s in p.steps if getattr(s, "state_name", None)]
-        if not stateful:
-            return []
-        if len(p.sources) != 1:
-            raise ValueError("stateful steps need a pipeline with exactly one source topic")
-        from confluent_kafka.admin import AdminClient
-
-        md = AdminClient(self.settings.client_config({"log_level": 0})).list_topics(p.sources[0], timeout=10)
-        n = len(md.topics[p.sources[0]].partitions) or p.partitions  # co-partitioned with the source
-        stores = []
-        for step in stateful:
-            store = StateStore(step.state_name, f"{p.name}.{step.state_name}.changelog")
-            ensure_topics(self.settings, [TopicSpec(store.changelog, n, COMPACTED)])
-            step.state_store = store
-            stores.append(store)
-        return stores
-
-    def _state_changes(self, offsets: dict[tuple[str, int], int]) -> list[tuple[str, int, bytes, bytes]]:
+    def _state_changes(self, offsets: Offsets) -> list[tuple[str, int, bytes, bytes]]:
         if not self.stores:
             return []
         stamps = {q: o for (_t, q), o in offsets.items()}
         out = []
-        for store in self.stores:
+        for store in self.stores.values():
             out.extend((store.changelog, q, k, v) for q, k, v in store.changelog_records(stamps))
-            self.metrics.state_entries.labels(self.pipeline.name, store.name).set(store.size())
+            self.hooks.state_size(store.name, store.size())
         return out
 
-    def _produce(self, batch: Batch, outputs: list[bytes],
-                 changes: list[tuple[str, int, bytes, bytes]] = (), acks: "_Acks | None" = None) -> int:
-        """Queue the batch's state changes, outputs and rejects; returns how many records."""
-        cb = acks.ack if acks is not None else None
+    # -- delivery: produce a unit, then commit it (one place) ------------------------------
+    def _deliver(self, unit: _Unit) -> None:
+        """Produce ``unit`` and commit its offsets: in a transaction, or once acknowledged."""
+        self.stats.outputs += len(unit.outputs)
+        self.stats.side_outputs += len(unit.side)
+        if self.pipeline.exactly_once:
+            self._deliver_transaction(unit)
+            return
+        while len(self._inflight) >= self.max_in_flight:  # bounded: wait for the oldest unit
+            self.producer.poll(0.05)
+            self._settle(wait=False)
+
+        def ack(err: KafkaError | None, msg: Any) -> None:  # librdkafka's delivery report, per record
+            unit.pending -= 1
+            if err is not None:
+                unit.errors.append(f"{msg.topic()}: {err.str()}")
+                self.hooks.produce_error()
+
+        self._produce(unit, ack)
+        unit.pending += unit.size
+        unit.sealed = True
+        self._inflight.append(unit)
+        self.producer.poll(0)
+        self._settle(wait=False)
+
+    def _produce(self, unit: _Unit, cb: Callable | None) -> None:
+        """Queue the unit's records: state changes, sink outputs, rejects, side outputs."""
         produce = self.producer.produce
-        for topic, q, key, value in changes:  # state changelog: same delivery (or transaction) as outputs
-            produce(topic, value, key, q, cb)
-        sink = self.pipeline.sink
         try:
+            for topic, q, key, value in unit.changes:  # state changelog: same delivery as the outputs
+                produce(topic, value, key, q, cb)
             if cb is None:
-                list(map(produce, repeat(sink), outputs, batch.keys))
+                list(map(produce, repeat(self.pipeline.sink), unit.outputs, unit.keys))
             else:
-                list(map(produce, repeat(sink), outputs, batch.keys, repeat(-1), repeat(cb)))
+                list(map(produce, repeat(self.pipeline.sink), unit.outputs, unit.keys, repeat(-1), repeat(cb)))
         except BufferError:
             # The queue is sized for several batches in flight, so this means a misconfiguration.
             # Stop without committing: the batch is re-read on restart.
             raise DeliveryFailed("producer queue full; raise queue.buffering.max.messages above max_batch") from None
-        for r in batch.rejected:
-            self._produce_reject(r, cb)
-        return len(changes) + len(outputs) + len(batch.rejected)
+        for r in unit.rejects:
+            self._retry_full(self.pipeline.dlq, r.value, r.key, dlq_headers(r, self.pipeline.name), cb)
+        for rec in unit.side:
+            self._retry_full(rec.topic, rec.value, rec.key, rec.headers, cb)
 
-    def _produce_reject(self, r: Reject, cb: Callable | None = None) -> None:
+    def _retry_full(self, topic: str, value: bytes | None, key: Any, headers: Any, cb: Callable | None) -> None:
         while True:
             try:
-                self.producer.produce(self.pipeline.dlq, r.value, r.key, headers=dlq_headers(r, self.pipeline.name),
-                                      on_delivery=cb)
+                self.producer.produce(topic, value, key, headers=headers, on_delivery=cb)
                 return
             except BufferError:
                 self.producer.poll(0.1)
 
-    def _send(self, batch: Batch, outputs: list[bytes], offsets: dict[tuple[str, int], int],
-              changes: list = ()) -> None:
-        """At-least-once: produce the batch and move on; :meth:`_settle` commits it once acknowledged."""
-        while len(self._inflight) >= self.max_in_flight:  # bounded: wait for the oldest batch
-            self.producer.poll(0.05)
-            self._settle(wait=False)
-        acks = _Acks(offsets, self.metrics.produce_errors)
-        acks.seal(self._produce(batch, outputs, changes, acks))
-        self._inflight.append(acks)
-        self.producer.poll(0)
-        self._settle(wait=False)
-
     def _settle(self, wait: bool = True) -> bool:
-        """Commit, in order, the batches in flight that the broker fully acknowledged (``wait``:
+        """Commit, in order, the units in flight that the broker fully acknowledged (``wait``:
         wait for all of them). Returns whether nothing is left in flight."""
+        if self.producer is None:
+            return True
         if wait and self._inflight:
             while self.producer.flush(10) > 0:
                 log.warning("waiting for the broker to acknowledge %d batches", len(self._inflight))
-        done: dict[tuple[str, int], int] = {}
+        done: Offsets = {}
         while self._inflight and self._inflight[0].done:
-            acks = self._inflight.popleft()
-            if acks.errors:
+            unit = self._inflight.popleft()
+            if unit.errors:
                 self._inflight.clear()
-                raise DeliveryFailed(f"{len(acks.errors)} records not acknowledged, offsets not committed: "
-                                     f"{acks.errors[0]}")
-            done.update(acks.offsets)
+                raise DeliveryFailed(f"{len(unit.errors)} records not acknowledged, offsets not committed: "
+                                     f"{unit.errors[0]}")
+            done.update(unit.offsets)
         if done:
             self._done.update(done)
             self.consumer.commit(offsets=[TopicPartition(t, q, o) for (t, q), o in done.items()], asynchronous=True)
             self.stats.commits += 1
-            self.metrics.commits.inc()
+            self.hooks.committed()
         return not self._inflight
 
-    def _deliver_transaction(self, batch: Batch, outputs: list[bytes], msgs: list[Any],
-                             offsets: dict[tuple[str, int], int], changes: list = ()) -> None:
+    def _commit_done(self, only: set[tuple[str, int]] | None = None) -> None:
+        """Synchronously commit delivered offsets (at-least-once); in EOS the transaction did it."""
+        pending = {k: v for k, v in self._done.items() if only is None or k in only}
+        if not pending or self.pipeline.exactly_once or self.consumer is None:
+            return
+        try:
+            self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in pending.items()],
+                                 asynchronous=False)
+            self.stats.commits += 1
+        except KafkaException as exc:  # e.g. the partition already moved: it will be re-read, not lost
+            log.warning("sync commit failed: %s", exc)
+        for k in pending:
+            self._done.pop(k, None)
+
+    def _deliver_transaction(self, unit: _Unit) -> None:
         producer = self.producer
         producer.begin_transaction()
         try:
-            self._produce(batch, outputs, changes)
-            producer.send_offsets_to_transaction([TopicPartition(t, q, o) for (t, q), o in offsets.items()],
-                                                 self.consumer.consumer_group_metadata(), 30)
+            self._produce(unit, None)
+            if unit.offsets:
+                producer.send_offsets_to_transaction([TopicPartition(t, q, o) for (t, q), o in unit.offsets.items()],
+                                                     self.consumer.consumer_group_metadata(), 30)
             producer.commit_transaction(60)
             self.stats.commits += 1
-            self.metrics.commits.inc()
+            self.hooks.committed()
         except KafkaException as exc:
             err = exc.args[0]
             if err.fatal() or not err.txn_requires_abort():
                 raise
-            log.warning("transaction aborted, the batch will be re-read: %s", err)
+            log.warning("transaction aborted, the batch will be processed again: %s", err)
             producer.abort_transaction(30)
             self.stats.aborted += 1
-            self._rewind(msgs)
+            self._roll_back(unit)
 
-    def _rewind(self, msgs: list[Any]) -> None:
-        first: dict[tuple[str, int], int] = {}
-        for m in msgs:
+    def _roll_back(self, unit: _Unit) -> None:
+        """An aborted transaction: state back to the committed point, then seek back to it."""
+        first: Offsets = {}
+        for m in unit.msgs:
             first.setdefault((m.topic(), m.partition()), m.offset())
+        if not first:  # side outputs alone: emit them again with the next unit
+            for rec in unit.side:
+                self.side.put(rec)
+            return
+        tps = sorted(first)
+        for step in self.pipeline.steps:
+            step.on_revoke(tps)
+        if self.stores:
+            for store in self.stores.values():
+                for _t, q in tps:
+                    store.drop(q)
+            self._restore(tps, self._committed([TopicPartition(t, q) for t, q in tps]))
+        for step in self.pipeline.steps:
+            step.on_assign(tps)
         for (t, q), o in first.items():
             self.consumer.seek(TopicPartition(t, q, o))
+            self._positions[(t, q)] = o
 
     def _shutdown(self) -> None:
         try:
+            for step in self.pipeline.steps:  # a step may emit its last side outputs as it closes
+                try:
+                    step.close()
+                except Exception:  # noqa: BLE001 - one step's failure must not lose the others' outputs
+                    log.exception("step %s failed to close", step.name)
             if self.producer is not None:
+                if len(self.side):
+                    self._deliver(_Unit({}, side=self.side.take()))
                 self._settle()
                 self.producer.flush(30)
-            if self._alert_producer is not None:
-                self._alert_producer.flush(10)
             self._commit_done()
         finally:
             if self.consumer is not None:
                 self.consumer.close()
-            for step in self.pipeline.steps:
-                step.close()
+            for store in self.stores.values():
+                store.close()
             # Drop the clients now: the producer holds a bound method of this worker, a cycle the
             # cyclic GC would otherwise find only later (their threads would outlive the worker).
-            self.producer = self._alert_producer = None
+            self.producer = None
             gc.unfreeze()
-
