@@ -1,12 +1,21 @@
-"""Produce many records with backpressure: wait for room when librdkafka's queue is full."""
+"""Producers for code that writes to Kafka outside a pipeline (demo feeds, the registry's
+publisher), and producing many records with backpressure. Steps never produce: they emit
+through their context and the worker delivers (see ``docs/architecture.md``)."""
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable, Mapping
 
 from confluent_kafka import Producer
 
-__all__ = ["produce_all"]
+from tidal.config import KafkaSettings
+
+__all__ = ["make_producer", "produce_all"]
+
+
+def make_producer(settings: KafkaSettings, conf: Mapping[str, Any] | None = None) -> Producer:
+    """An idempotent producer on ``settings``' cluster (``conf``: more librdkafka settings)."""
+    return Producer(settings.client_config({"enable.idempotence": True, "log_level": 3, **dict(conf or {})}))
 
 
 def produce_all(producer: Producer, topic: str, values: Iterable[bytes | None],

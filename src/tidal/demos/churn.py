@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 import orjson
-from confluent_kafka import Producer
+
 from rich.console import Console
 
+from tidal.broker.produce import make_producer
 from tidal.broker.embedded import EmbeddedBroker, tidal_home
 from tidal.broker.produce import produce_all
 from tidal.broker.read import read_topic
@@ -95,7 +96,7 @@ def run_demo(settings: KafkaSettings | None = None, users: int = 3000, seed: int
         name = f"churn-{int(time.time())}"
         history = Pipeline(name, schema=SCHEMA, steps=feature_steps(), max_batch=5000)
         ensure_topics(settings, history.topic_specs())
-        producer = Producer(settings.client_config({"linger.ms": 20, "batch.size": 1_000_000, "log_level": 3}))
+        producer = make_producer(settings, {"linger.ms": 20, "batch.size": 1_000_000, "log_level": 3})
         produce_all(producer, history.sources[0], values[:cut], keys[:cut])
         producer.flush()
         console.print(f"history: {cut:,} clickstream events of {users:,} users (days 0-39) on {history.sources[0]}")

@@ -23,11 +23,12 @@ from typing import Any
 import msgspec
 import numpy as np
 import yaml
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from tidal.broker.produce import make_producer
 from tidal.broker.embedded import EmbeddedBroker, tidal_home
 from tidal.broker.produce import produce_all
 from tidal.broker.topics import PipelineTopics, ensure_topics
@@ -167,11 +168,11 @@ def run_demo(settings: KafkaSettings | None = None, events: int = 300_000, worke
             if err is None and msg.topic() == topics.events:
                 history_end[msg.partition()] = max(history_end.get(msg.partition(), 0), msg.offset() + 1)
 
-        producer = Producer(settings.client_config({"linger.ms": 5, "batch.size": 1_000_000,
+        producer = make_producer(settings, {"linger.ms": 5, "batch.size": 1_000_000,
                                                     "compression.type": "lz4", "log_level": 3,
-                                                    "enable.idempotence": True}))
-        hist_producer = Producer(settings.client_config({"linger.ms": 20, "log_level": 3, "on_delivery": record,
-                                                         "enable.idempotence": True}))
+                                                    "enable.idempotence": True})
+        hist_producer = make_producer(settings, {"linger.ms": 20, "log_level": 3, "on_delivery": record,
+                                                         "enable.idempotence": True})
         produce_all(hist_producer, topics.events, gen.values[:n_hist], gen.keys[:n_hist])
         label_values = [b'{"event_id":"%s","label":%d}' % (e.encode(), y)
                         for e, y in zip(gen.event_ids[:n_hist], gen.labels[:n_hist].tolist())]

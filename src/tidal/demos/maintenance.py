@@ -28,6 +28,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
+from tidal.broker.produce import make_producer
 from tidal.broker.embedded import EmbeddedBroker, tidal_home
 from tidal.broker.topics import ALERTS_TOPIC, PipelineTopics, ensure_topics
 from tidal.config import KafkaSettings
@@ -211,7 +212,7 @@ def run_demo(settings: KafkaSettings | None = None, events: int = 60_000, seed: 
                            dlq=f"{name}.monitor.dlq", group=f"tidal.{name}.monitor", lineage=False, partitions=1,
                            steps=[join, drift, retrain], max_batch=5000, max_wait_ms=20)
         ensure_topics(settings, unique_specs(serving, monitor))
-        producer = Producer(settings.client_config({"linger.ms": 5, "log_level": 3, "enable.idempotence": True}))
+        producer = make_producer(settings, {"linger.ms": 5, "log_level": 3, "enable.idempotence": True})
         mqtt = None
         if via_mqtt:
             from tidal.demos.maintenance_mqtt import ViaMqtt

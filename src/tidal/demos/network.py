@@ -30,10 +30,11 @@ from typing import Any
 
 import msgspec
 import numpy as np
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
+from tidal.broker.produce import make_producer
 from tidal.broker.embedded import EmbeddedBroker, tidal_home
 from tidal.broker.produce import produce_all
 from tidal.broker.topics import PipelineTopics, ensure_topics
@@ -93,7 +94,7 @@ def _produce(settings: KafkaSettings, topic: str, keys: list[bytes], values: lis
             "enable.idempotence": True}
     if on_delivery is not None:
         conf["on_delivery"] = on_delivery
-    p = Producer(settings.client_config(conf))
+    p = make_producer(settings, conf)
     produce_all(p, topic, values, keys)
     p.flush(60)
 

@@ -25,10 +25,11 @@ from typing import Any
 
 import numpy as np
 import orjson
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
+from tidal.broker.produce import make_producer
 from tidal.broker.embedded import EmbeddedBroker, tidal_home
 from tidal.broker.topics import ALERTS_TOPIC, PipelineTopics, ensure_topics
 from tidal.config import KafkaSettings
@@ -113,7 +114,7 @@ def run_demo(settings: KafkaSettings | None = None, events: int = 40_000, seed: 
         ensure_topics(settings, pipeline.topic_specs())
         worker = WorkerThread(pipeline, settings, "learn").start()
         worker.wait_assigned()
-        producer = Producer(settings.client_config({"linger.ms": 5, "log_level": 3, "enable.idempotence": True}))
+        producer = make_producer(settings, {"linger.ms": 5, "log_level": 3, "enable.idempotence": True})
         t0 = time.monotonic()
         for lo in range(0, events, chunk):  # labels trail their reviews by `label_lag` reviews
             hi = min(events, lo + chunk)

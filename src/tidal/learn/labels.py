@@ -7,6 +7,12 @@ that reads both topics; it keeps each side waiting by event id for at most ``hor
 score, model version) plus ``label`` — when the pair completes. Entries that wait longer
 than the horizon, or overflow ``max_pending``, are dropped and counted as unmatched.
 
+The waiting rows are the step's state (``state_name``): kept in the worker's state store,
+partition by partition, and restored from its changelog after a restart or a rebalance, so
+a label that arrives within the horizon finds its prediction even across a ``kill -9``. A
+label finds its prediction in any partition this worker holds (one worker: all of them);
+with several workers, key both topics by event id so the pair meets on one worker.
+
 >>> step = LabelJoinStep("p.labels")
 >>> b = Batch.from_rows([{"event_id": "a", "score": 0.9, "model_version": "1"}], topic="p.predictions")
 >>> len(step.process(b)), len(step.pending_predictions)
@@ -26,28 +32,40 @@ import numpy as np
 import orjson
 
 from tidal.stream.batch import Batch
+from tidal.stream.state import StateStore
 from tidal.stream.step import Step
 
 __all__ = ["LabelJoinStep"]
+
+_PRED, _LABEL = "p:", "l:"
 
 
 class LabelJoinStep(Step):
     """Join predictions and labels by ``id_field``; see the module docstring."""
 
-    name = "label_join"
-
     def __init__(self, labels_topic: str, id_field: str = "event_id", label_field: str = "label",
-                 horizon_s: float = 7 * 24 * 3600, max_pending: int = 2_000_000) -> None:
+                 horizon_s: float = 7 * 24 * 3600, max_pending: int = 2_000_000, name: str = "label_join") -> None:
+        self.name = self.state_name = name
         self.labels_topic = labels_topic
         self.id_field = id_field
         self.label_field = label_field
         self.horizon_s = horizon_s
         self.max_pending = max_pending
-        self.pending_predictions: OrderedDict[Any, tuple[float, dict]] = OrderedDict()
-        self.pending_labels: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
         self.unmatched = {"prediction": 0, "label": 0}
         self.matched = 0
         self._counter = None
+        self._pipeline = ""
+        # per store partition, the waiting keys in arrival order, with their arrival time
+        self._waiting: dict[int, OrderedDict[str, float]] = {}
+        self._where: dict[str, int] = {}  # waiting key -> its store partition
+
+    def _load(self, p: int) -> OrderedDict[str, float]:
+        w = self._waiting.get(p)
+        if w is None:
+            items = sorted(((v["t"], k) for k, v in self.state_store.partition(p).items()))
+            w = self._waiting[p] = OrderedDict((k, t) for t, k in items)
+            self._where.update((k, p) for k in w)
+        return w
 
     def open(self, ctx: Any) -> None:
         from prometheus_client import Counter
@@ -57,39 +75,89 @@ class LabelJoinStep(Step):
             self._counter = Counter("tidal_labels_unmatched", "Predictions or labels dropped unjoined "
                                     "(horizon, overflow).", ["pipeline", "kind"], registry=ctx.registry)
 
+    def on_assign(self, partitions: list[tuple[str, int]]) -> None:
+        for p in {p for _t, p in partitions}:  # rebuilt from the (restored) store
+            for key in self._waiting.pop(p, {}):
+                self._where.pop(key, None)
+            if self.state_store is not None:
+                self._load(p)
+
+    def on_revoke(self, partitions: list[tuple[str, int]]) -> None:
+        for p in {p for _t, p in partitions}:
+            for key in self._waiting.pop(p, {}):
+                self._where.pop(key, None)
+
+    @property
+    def pending_predictions(self) -> dict[str, float]:
+        """Predictions waiting for their label: {id key: arrival time}."""
+        return {k: t for w in self._waiting.values() for k, t in w.items() if k.startswith(_PRED)}
+
+    @property
+    def pending_labels(self) -> dict[str, float]:
+        """Labels waiting for their prediction: {id key: arrival time}."""
+        return {k: t for w in self._waiting.values() for k, t in w.items() if k.startswith(_LABEL)}
+
+    def _take(self, key: str) -> Any:
+        """The waiting value of ``key`` (any partition held here), removed; None if not waiting."""
+        p = self._where.pop(key, None)
+        if p is None:
+            return None
+        part = self.state_store.partition(p)
+        value = part.get(key)
+        part.delete(key)
+        self._waiting[p].pop(key, None)
+        return value
+
+    def _wait(self, p: int, key: str, value: dict, now: float) -> None:
+        self.state_store.partition(p).set(key, value)
+        self._load(p)[key] = now
+        self._where[key] = p
+
     def _evict(self, now: float) -> None:
-        for kind, pending in (("prediction", self.pending_predictions), ("label", self.pending_labels)):
-            dropped = 0
-            while pending and (len(pending) > self.max_pending or now - next(iter(pending.values()))[0] > self.horizon_s):
-                pending.popitem(last=False)
-                dropped += 1
-            if dropped:
-                self.unmatched[kind] += dropped
+        dropped = {"prediction": 0, "label": 0}
+        total = sum(len(w) for w in self._waiting.values())
+        for p, w in self._waiting.items():
+            part = self.state_store.partition(p)
+            while w:
+                key, t = next(iter(w.items()))
+                if now - t <= self.horizon_s and total <= self.max_pending:
+                    break
+                w.popitem(last=False)
+                part.delete(key)
+                self._where.pop(key, None)
+                total -= 1
+                dropped["prediction" if key.startswith(_PRED) else "label"] += 1
+        for kind, n in dropped.items():
+            if n:
+                self.unmatched[kind] += n
                 if self._counter is not None:
-                    self._counter.labels(self._pipeline, kind).inc(dropped)
+                    self._counter.labels(self._pipeline, kind).inc(n)
 
     def process(self, batch: Batch) -> Batch:
+        if self.state_store is None:  # outside a worker (tests, replays): in memory
+            self.state_store = StateStore(self.name)
         now = time.time()
-        ids = batch.column(self.id_field).tolist()
-        is_label = [t == self.labels_topic for t in batch.topics]
+        ids = [orjson.dumps(i).decode() for i in batch.column(self.id_field).tolist()]
+        parts = batch.partitions.tolist()
         joined: list[dict] = []
         at: list[int] = []
-        for i, (eid, label_row) in enumerate(zip(ids, is_label)):
+        for i, (eid, p, topic) in enumerate(zip(ids, parts, batch.topics)):
             row = batch.rows[i]
-            if label_row:
+            self._load(p)
+            if topic == self.labels_topic:
                 label = row.get(self.label_field) if isinstance(row, dict) else getattr(row, self.label_field)
-                found = self.pending_predictions.pop(eid, None)
+                found = self._take(_PRED + eid)
                 if found is None:
-                    self.pending_labels[eid] = (now, label)
+                    self._wait(p, _LABEL + eid, {"t": now, "l": label}, now)
                     continue
-                record = found[1]
+                record = found["r"]
             else:
                 record = row if isinstance(row, dict) else {f: getattr(row, f) for f in row.__struct_fields__}
-                found = self.pending_labels.pop(eid, None)
+                found = self._take(_LABEL + eid)
                 if found is None:
-                    self.pending_predictions[eid] = (now, record)
+                    self._wait(p, _PRED + eid, {"t": now, "r": record}, now)
                     continue
-                label = found[1]
+                label = found["l"]
             joined.append({**record, self.label_field: label})
             at.append(i)
         self.matched += len(joined)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tidal.broker.produce import make_producer
 from tidal.broker.topics import COMPACTED, MODELS_TOPIC, TopicSpec, ensure_topics
 from tidal.config import KafkaSettings
 from tidal.registry.deployment import Deployment
@@ -38,12 +39,10 @@ class KafkaPublisher:
 
     def _ensure(self) -> Any:
         if self._producer is None:
-            from confluent_kafka import Producer
-
             ensure_topics(self.settings, [TopicSpec(self.topic, 1, COMPACTED)], timeout=self.timeout)
-            self._producer = Producer(self.settings.client_config({
+            self._producer = make_producer(self.settings, {
                 "acks": "all", "enable.idempotence": True, "linger.ms": 0, "log_level": 3,
-                "message.timeout.ms": int(self.timeout * 1000)}))
+                "message.timeout.ms": int(self.timeout * 1000)})
         return self._producer
 
     def __call__(self, deployment: Deployment) -> None:

@@ -1,9 +1,10 @@
 """Per-key state that survives restarts and rebalances: a store per partition, a changelog topic.
 
-A stateful step declares ``state_name``; the worker gives it a :class:`StateStore` as
-``step.state_store``. State is
-partitioned like the input: the store for source partition *p* is backed by partition *p* of
-the compacted topic ``<pipeline>.<state_name>.changelog``.
+A stateful step declares ``state_name`` (unique in its pipeline); the worker gives it a
+:class:`StateStore` (``ctx.store``, also ``step.state_store``). State is partitioned like
+the input: the store for source partition *p* is backed by partition *p* of the compacted
+topic ``<pipeline>.<state_name>.changelog``. A pipeline with several source topics (a join)
+needs them co-partitioned: partition *p* of each goes to the same worker (the range assignor).
 
 - every change a batch makes is written to the changelog **before** the batch's offsets are
   committed (in exactly-once mode, inside the same transaction);
@@ -196,8 +197,9 @@ class StateStore:
             for key, value in part.take_dirty():
                 yield p, key, value
 
-    def changelog_records(self, stamps: dict[int, int]) -> list[tuple[int, bytes, bytes]]:
-        """(partition, key, value) to produce; ``stamps[p]`` is the batch's next source offset."""
+    def changelog_records(self, stamps: dict[int, Any]) -> list[tuple[int, bytes, bytes]]:
+        """(partition, key, value) to produce; ``stamps[p]`` is the batch's next source offset
+        (one source topic), or ``{topic: next offset}`` of the topics the batch read (several)."""
         out = []
         for p, key, value in self.take_changes():
             record = {"o": stamps.get(p, -1), "d": 1} if value is DELETED else {"o": stamps.get(p, -1), "v": value}
@@ -205,17 +207,26 @@ class StateStore:
         return out
 
 
-def apply_record(part: Any, key: bytes, value: bytes | None, committed: int) -> bool:
+def _uncommitted(stamp: Any, committed: Any) -> bool:
+    """Whether a record's stamp lies past what committed: ints for one source topic, dicts
+    ``{topic: offset}`` for several (co-partitioned) ones."""
+    if isinstance(stamp, dict):
+        return any(o > (committed.get(t, -1) if isinstance(committed, dict) else committed) for t, o in stamp.items())
+    return stamp > (max(committed.values(), default=-1) if isinstance(committed, dict) else committed)
+
+
+def apply_record(part: Any, key: bytes, value: bytes | None, committed: Any) -> bool:
     """Apply one changelog record to a partition being restored; False if skipped.
 
-    A record stamped past ``committed`` (the source partition's committed offset, -1 if none)
-    was written by a batch whose offsets never committed, and is skipped.
+    A record stamped past ``committed`` (the source partition's committed offset, -1 if none;
+    ``{topic: offset}`` with several source topics) was written by a batch whose offsets never
+    committed, and is skipped.
     """
     if value is None:  # a tombstone left by compaction tooling
         part.unload(key.decode())
         return False
     record = orjson.loads(value)
-    if record["o"] > committed:
+    if _uncommitted(record["o"], committed):
         return False
     if record.get("d"):
         part.unload(key.decode())
@@ -224,12 +235,13 @@ def apply_record(part: Any, key: bytes, value: bytes | None, committed: int) -> 
     return True
 
 
-def restore_partitions(settings: KafkaSettings, store: StateStore, committed: dict[int, int],
+def restore_partitions(settings: KafkaSettings, store: StateStore, committed: dict[int, Any],
                        timeout: float = 60.0) -> int:
     """Rebuild ``store``'s partitions from the changelog; returns the records applied.
 
-    ``committed[p]`` is source partition *p*'s committed offset (-1 if none). Records stamped
-    beyond it belong to batches that never committed and are skipped.
+    ``committed[p]`` is source partition *p*'s committed offset (-1 if none), or
+    ``{topic: offset}`` with several source topics. Records stamped beyond it belong to batches
+    that never committed and are skipped.
     """
     if not committed:
         return 0

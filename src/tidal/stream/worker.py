@@ -187,6 +187,8 @@ class Worker:
         })
         if p.exactly_once:
             conf["isolation.level"] = "read_committed"
+        if len(p.sources) > 1 and any(s.state_name for s in p.steps):
+            conf["partition.assignment.strategy"] = "range"  # partition q of every source on one worker
         conf.update(p.consumer_config)
         return self.settings.client_config(conf)
 
@@ -223,8 +225,6 @@ class Worker:
             ensure_topics(self.settings, [topic_spec(t, 1) for t in side])
         stateful = [(i, s) for i, s in enumerate(p.steps) if s.state_name]
         if stateful:
-            if len(p.sources) != 1:
-                raise ValueError("stateful steps need a pipeline with exactly one source topic")
             n = self._source_partitions()
             for i, step in stateful:
                 store = StateStore(step.state_name, p.changelog(step), backend=step.state_backend or "memory",
@@ -239,11 +239,16 @@ class Worker:
         self.hooks.started(p, self._emit_alert)
 
     def _source_partitions(self) -> int:
+        """The source topics' partition count; stores are partitioned the same way. Several
+        sources must be co-partitioned (same count), and are assigned with the range assignor."""
         from confluent_kafka.admin import AdminClient
 
         p = self.pipeline
-        md = AdminClient(self.settings.client_config({"log_level": 0})).list_topics(p.sources[0], timeout=10)
-        return len(md.topics[p.sources[0]].partitions) or p.partitions  # co-partitioned with the source
+        md = AdminClient(self.settings.client_config({"log_level": 0})).list_topics(timeout=10)
+        counts = {t: len(md.topics[t].partitions) if t in md.topics else p.partitions for t in p.sources}
+        if len(set(counts.values())) > 1:
+            raise ValueError(f"stateful steps over several source topics need them co-partitioned: {counts}")
+        return next(iter(counts.values())) or p.partitions
 
     def _emit_alert(self, event: dict[str, Any]) -> None:
         """Alerts of the hooks (alert rules) travel like a step's side outputs."""
@@ -260,9 +265,16 @@ class Worker:
         return out
 
     def _restore(self, tps: list[tuple[str, int]], committed: Offsets) -> None:
+        if not self.stores:
+            return
+        sources = self.pipeline.sources
+        if len(sources) == 1:
+            upto: dict[int, Any] = {q: committed.get((t, q), -1) for t, q in tps}
+        else:  # a store partition follows partition q of every source topic
+            upto = {q: {t: committed.get((t, q), -1) for t in sources} for q in {q for _t, q in tps}}
         for store in self.stores.values():  # state first: no batch of these partitions runs before it is back
             t0 = time.monotonic()
-            n = restore_partitions(self.settings, store, {q: committed.get((t, q), -1) for t, q in tps})
+            n = restore_partitions(self.settings, store, upto)
             log.info("restored %s %s: %d changelog records in %.2fs", store.name, [q for _t, q in tps], n,
                      time.monotonic() - t0)
 
@@ -430,7 +442,12 @@ class Worker:
     def _state_changes(self, offsets: Offsets) -> list[tuple[str, int, bytes, bytes]]:
         if not self.stores:
             return []
-        stamps = {q: o for (_t, q), o in offsets.items()}
+        if len(self.pipeline.sources) == 1:
+            stamps: dict[int, Any] = {q: o for (_t, q), o in offsets.items()}
+        else:
+            stamps = {}
+            for (t, q), o in offsets.items():
+                stamps.setdefault(q, {})[t] = o
         out = []
         for store in self.stores.values():
             out.extend((store.changelog, q, k, v) for q, k, v in store.changelog_records(stamps))
