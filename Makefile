@@ -34,6 +34,7 @@ system-deps:
 	else echo "note: prometheus/chromium/postgresql/mosquitto missing and not root: their tests will be skipped"; fi
 
 test: $(STAMP) system-deps
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 # Benchmark suite (bench/README.md): its extra packages (Quix Streams, Faust, matplotlib, ...)

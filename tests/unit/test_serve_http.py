@@ -190,6 +190,7 @@ def test_predict_records_and_metrics(client, folders):
     assert [p["score"] for p in body["predictions"]] == pytest.approx(expected.tolist())
     assert [p["decision"] for p in body["predictions"]] == (expected >= 0.5).tolist()
     assert client.post("/predict/toy", json={"records": [{"x": 1, "y": 1, "c": "a"}]}).status_code == 200
+    assert client.post("/predict/toy", json=[{"y": 1, "c": "a"}]).status_code == 422  # its own error to count
     m = client.get("/metrics")
     assert m.status_code == 200 and m.headers["content-type"].startswith("text/plain")
     assert re.search(r'tidal_serve_request_duration_seconds_bucket\{le="[0-9.]+",model_name="toy",model_version="1"\}',

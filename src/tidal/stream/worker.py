@@ -14,8 +14,10 @@ one place (the *delivery* section below):
    record of it, without waiting for it: the next batches are consumed, computed and
    produced meanwhile (up to ``max_in_flight`` units unacknowledged), and acknowledged
    units are committed in order (:meth:`Worker._settle`), when idle, on revocation and on
-   shutdown; a record the broker refuses raises :class:`DeliveryFailed` and nothing after it
-   is committed. Exactly-once (``exactly_once=True``) puts the unit and its offsets in one
+   shutdown. A record the broker refuses (or never acknowledges within ``message.timeout.ms``)
+   commits nothing after it: the units in flight are dropped, state and positions roll back
+   to the last commit and the batches are processed again on a fresh producer; after
+   ``max_redeliveries`` failures in a row the worker stops with :class:`DeliveryFailed`. Exactly-once (``exactly_once=True``) puts the unit and its offsets in one
    Kafka transaction; an aborted transaction rolls the batch back (:meth:`Worker._roll_back`):
    the consumer seeks back *and* the steps' state is restored to the committed point.
 
@@ -135,11 +137,14 @@ class Worker:
     ``hooks``: what the worker reports to (default: :func:`~tidal.stream.hooks.default_hooks`,
     the monitor's metrics and alert rules). ``max_in_flight``: at-least-once batches produced
     but not yet acknowledged (each is committed once all its records are, in order).
+    ``max_redeliveries``: how many times in a row a refused delivery is retried from the last
+    commit before the worker stops with :class:`DeliveryFailed`.
     """
 
     def __init__(self, pipeline: Pipeline, settings: KafkaSettings, worker_id: str = "0",
                  on_batch: Callable[["Worker", Batch], None] | None = None,
-                 hooks: WorkerHooks | None = None, lag_interval_s: float = 1.0, max_in_flight: int = 3) -> None:
+                 hooks: WorkerHooks | None = None, lag_interval_s: float = 1.0, max_in_flight: int = 3,
+                 max_redeliveries: int = 5) -> None:
         self.pipeline = pipeline
         self.settings = settings
         self.worker_id = worker_id
@@ -148,6 +153,8 @@ class Worker:
         self.hooks = hooks if hooks is not None else default_hooks(pipeline)
         self.lag_interval_s = lag_interval_s
         self.max_in_flight = max_in_flight
+        self.max_redeliveries = max_redeliveries
+        self._failures = 0  # redeliveries in a row
         self.side = SideOutputs()  # what steps (and hooks) emitted, not yet produced
         self.stores: dict[int, StateStore] = {}  # by step index
         self._positions: Offsets = {}  # next offset to process, per partition
@@ -201,6 +208,7 @@ class Worker:
             "compression.type": "lz4",
             "queue.buffering.max.messages": max(1_000_000, 4 * p.max_batch),
             "queue.buffering.max.kbytes": 2_097_151,
+            "message.timeout.ms": 60000,  # not acknowledged in a minute: produce again from the last commit
             "on_delivery": self._on_delivery,  # exactly-once: the transaction's records
             "client.id": f"tidal-{p.name}-{self.worker_id}",
             "log_level": 3,
@@ -515,19 +523,43 @@ class Worker:
             while self.producer.flush(10) > 0:
                 log.warning("waiting for the broker to acknowledge %d batches", len(self._inflight))
         done: Offsets = {}
+        failed: _Unit | None = None
         while self._inflight and self._inflight[0].done:
-            unit = self._inflight.popleft()
-            if unit.errors:
-                self._inflight.clear()
-                raise DeliveryFailed(f"{len(unit.errors)} records not acknowledged, offsets not committed: "
-                                     f"{unit.errors[0]}")
-            done.update(unit.offsets)
+            if self._inflight[0].errors:
+                failed = self._inflight[0]
+                break
+            done.update(self._inflight.popleft().offsets)
         if done:
+            self._failures = 0
             self._done.update(done)
-            self.consumer.commit(offsets=[TopicPartition(t, q, o) for (t, q), o in done.items()], asynchronous=True)
-            self.stats.commits += 1
-            self.hooks.committed()
+            self._commit(done)
+        if failed is not None:
+            self._redeliver(failed.errors)
         return not self._inflight
+
+    def _redeliver(self, errors: list[str]) -> None:
+        """The broker refused records of the oldest unit in flight (or never acknowledged them):
+        drop every unit in flight, roll state and positions back to the last commit, and go on
+        with a fresh producer, so nothing is lost; after ``max_redeliveries`` failures in a row
+        stop with :class:`DeliveryFailed` (offsets not committed)."""
+        units = list(self._inflight)
+        self._inflight.clear()
+        self._failures += 1
+        if self._failures > self.max_redeliveries:
+            raise DeliveryFailed(f"{len(errors)} records not acknowledged, offsets not committed: {errors[0]} "
+                                 f"({self._failures} tries)")
+        log.warning("%d records not acknowledged (%s): producing again from the last commit (try %d of %d)",
+                    len(errors), errors[0], self._failures, self.max_redeliveries)
+        self.producer.purge(in_queue=True, in_flight=True)
+        self.producer.poll(0)
+        self.producer = Producer(self._producer_config())
+        self._roll_back([m for u in units for m in u.msgs], [r for u in units if not u.msgs for r in u.side])
+
+    def _commit(self, offsets: Offsets) -> None:
+        """Commit acknowledged offsets without waiting (a sync commit follows on revoke/shutdown)."""
+        self.consumer.commit(offsets=[TopicPartition(t, q, o) for (t, q), o in offsets.items()], asynchronous=True)
+        self.stats.commits += 1
+        self.hooks.committed()
 
     def _commit_done(self, only: set[tuple[str, int]] | None = None) -> None:
         """Synchronously commit delivered offsets (at-least-once); in EOS the transaction did it."""
@@ -561,16 +593,18 @@ class Worker:
             log.warning("transaction aborted, the batch will be processed again: %s", err)
             producer.abort_transaction(30)
             self.stats.aborted += 1
-            self._roll_back(unit)
+            self._roll_back(unit.msgs, [] if unit.msgs else unit.side)
 
-    def _roll_back(self, unit: _Unit) -> None:
-        """An aborted transaction: state back to the committed point, then seek back to it."""
+    def _roll_back(self, msgs: list[Any], side: list[SideRecord] = ()) -> None:
+        """Undo the processing of ``msgs`` (not delivered): the steps' state back to the committed
+        point, then seek back to the first of them; ``side``: side outputs emitted between
+        batches, queued again (those of ``msgs`` come again when they are processed again)."""
+        for rec in side:
+            self.side.put(rec)
         first: Offsets = {}
-        for m in unit.msgs:
+        for m in msgs:
             first.setdefault((m.topic(), m.partition()), m.offset())
-        if not first:  # side outputs alone: emit them again with the next unit
-            for rec in unit.side:
-                self.side.put(rec)
+        if not first:
             return
         tps = sorted(first)
         for step in self.pipeline.steps:
