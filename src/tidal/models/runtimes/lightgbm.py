@@ -42,6 +42,7 @@ class LightGBMRuntime(ModelRuntime):
 
     def predict(self, model: Any, X: np.ndarray, *, task: str = "binary", features: Sequence[str] = (),
                 threads: int | None = None) -> np.ndarray:
+        model = getattr(model, "booster_", model)  # a live LGBMModel scores as its booster, like a loaded one
         threads = threads if threads is not None else (1 if len(X) < SMALL_BATCH_ROWS else 0)
         out = model.predict(X, num_threads=threads) if threads else model.predict(X)
         return out if out.ndim == 1 else out[:, 1]
