@@ -1,7 +1,8 @@
 """Per-prediction explanations: the features that pushed each score up or down.
 
 Each flavor's runtime explains (:meth:`tidal.models.runtimes.ModelRuntime.explain`). Tree
-models (LightGBM) use TreeSHAP as LightGBM computes it (``pred_contrib=True``): exact Shapley values whose sum plus the bias equals the raw score (log-odds for binary models).
+models (LightGBM) use TreeSHAP as LightGBM computes it (``pred_contrib=True``): exact Shapley
+values whose sum plus the bias equals the raw score (log-odds for binary models).
 Linear scikit-learn models use their exact contributions ``coef_i * x_i`` plus the intercept.
 
 :class:`ExplainStep` explains a sampled share of each batch (default 0.1%: TreeSHAP costs about

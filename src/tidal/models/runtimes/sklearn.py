@@ -84,7 +84,10 @@ class SklearnRuntime(ModelRuntime):
 
 
 class SklearnLearner(OnlineLearner):
-    """One ``predict`` and one ``partial_fit`` per micro-batch on the feature matrix; rows before the first fit are not scored."""
+    """One ``predict`` and one ``partial_fit`` per micro-batch on the feature matrix.
+
+    Rows before the first fit are not scored.
+    """
 
     mode = "sklearn"
 
