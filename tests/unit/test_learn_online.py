@@ -151,11 +151,11 @@ class _ManyModel:
 def test_learn_many_in_chunks(monkeypatch):
     import types
 
-    from tidal.learn import online
+    from tidal.models.runtimes import river
 
     fake = types.SimpleNamespace(DataFrame=lambda d: _Frame({k: np.asarray(v) for k, v in d.items()}),
                                  Series=lambda values, name: _Frame(list(values)))
-    monkeypatch.setattr(online, "_pandas", lambda: fake)
+    monkeypatch.setattr(river, "_pandas", lambda: fake)
     model = _ManyModel()
     step = OnlineLearnStep(model, ["x"], chunk_size=100)
     assert step.mode == "many"

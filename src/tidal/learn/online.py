@@ -44,7 +44,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import orjson
 
-from tidal.models.artifact import category_codes, feature_matrix
+from tidal.models.artifact import category_codes
+from tidal.models.errors import ArtifactError
+from tidal.models.runtimes import ModelRuntime, runtime_for, runtime_of
 from tidal.stream.batch import Batch
 from tidal.stream.step import Step
 
@@ -53,13 +55,20 @@ __all__ = ["OnlineLearnStep", "DiscardStep", "learn_pipeline", "model_flavor", "
 log = logging.getLogger("tidal.learn")
 
 
+def _online_runtime(model: Any) -> ModelRuntime:
+    try:
+        runtime = runtime_of(model)
+    except ArtifactError:
+        runtime = None
+    if runtime is None or not runtime.can_learn(model):
+        raise TypeError(f"{type(model).__name__} cannot learn online (River models and estimators with "
+                        "partial_fit can)")
+    return runtime
+
+
 def model_flavor(model: Any) -> str:
-    """``river`` for River estimators, ``sklearn`` for anything with ``partial_fit``."""
-    if type(model).__module__.split(".")[0] == "river":
-        return "river"
-    if hasattr(model, "partial_fit"):
-        return "sklearn"
-    raise TypeError(f"{type(model).__name__} is neither a River model nor has partial_fit")
+    """The flavor of a model that learns online: ``river`` for River estimators, ``sklearn`` for ``partial_fit``."""
+    return _online_runtime(model).flavor
 
 
 def resume_model(registry: Any, name: str, alias: str = "champion") -> Any | None:
@@ -75,17 +84,9 @@ def resume_model(registry: Any, name: str, alias: str = "champion") -> Any | Non
             loaded = registry.load(ref)
         except NotFound:
             continue
-        if loaded.card.flavor in ("river", "sklearn"):
+        if runtime_for(loaded.card.flavor).online:
             return loaded.model
     return None
-
-
-def _pandas() -> Any:
-    try:
-        import pandas
-    except ImportError:
-        return None
-    return pandas
 
 
 def _valid(values: np.ndarray) -> np.ndarray:
@@ -118,7 +119,8 @@ class OnlineLearnStep(Step):
                  output: bool = False, report_topic: str | None = None, report_every_s: float = 5.0,
                  emit: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.model = model
-        self.flavor = model_flavor(model)
+        runtime = _online_runtime(model)
+        self.flavor = runtime.flavor
         self.features = list(features)
         self.model_name = model_name
         self.label_field = label_field
@@ -127,15 +129,13 @@ class OnlineLearnStep(Step):
         self.task = task
         if mode not in ("auto", "one", "many"):
             raise ValueError(f"mode must be auto, one or many, not {mode!r}")
-        has_many = self.flavor == "river" and hasattr(model, "learn_many")
-        if mode == "many" and (not has_many or _pandas() is None):
-            raise ValueError("mode='many' needs a River model with learn_many and pandas (pip install pandas)")
-        self.mode = "sklearn" if self.flavor == "sklearn" else (
-            "many" if mode == "many" or (mode == "auto" and has_many and _pandas() is not None) else "one")
         self.chunk_size = max(1, chunk_size)
         self.classes = np.asarray(classes) if classes is not None else (np.array([0, 1]) if task == "binary" else None)
         self.categories = {k: list(v) for k, v in (categories or {}).items()}
         self._codes = category_codes(self.categories)
+        self.learner = runtime.learner(model, self.features, task=task, mode=mode, chunk_size=self.chunk_size,
+                                       classes=self.classes, codes=self._codes)
+        self.mode = self.learner.mode
         self.registry = registry
         self.publish_every = publish_every
         self.publish_every_s = publish_every_s
@@ -160,7 +160,6 @@ class OnlineLearnStep(Step):
         self._published_at_events = -1
         self._published_at = time.monotonic()
         self._publish_requested = threading.Event()
-        self._fitted = False
         self._types: dict[str, str] | None = None  # the registered signature, from the first batch
         self._reported = 0.0
         self._metrics: dict[str, Any] = {}
@@ -251,12 +250,7 @@ class OnlineLearnStep(Step):
         return batch
 
     def _learn(self, batch: Batch, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self.mode == "sklearn":
-            preds, errors = self._learn_sklearn(batch, labels)
-        elif self.mode == "many":
-            preds, errors = self._learn_many(batch, labels)
-        else:
-            preds, errors = self._learn_one(batch, labels)
+        preds, errors = self.learner.learn(batch.column, labels)
         scored = ~np.isnan(errors)
         k = int(scored.sum())
         self.events += len(labels)
@@ -272,62 +266,6 @@ class OnlineLearnStep(Step):
             overall = self.mae if self.task == "regression" else self.accuracy
             self._metrics["quality"].labels(self.pipeline, self.model_name, name, "all").set(overall)
             self._metrics["quality"].labels(self.pipeline, self.model_name, name, "rolling").set(self.rolling)
-        return preds, errors
-
-    def _errors(self, preds: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        if self.task == "regression":
-            p = np.array([np.nan if v is None else v for v in preds.tolist()], dtype=np.float64)
-            return np.abs(p - labels.astype(np.float64))
-        errors = (preds != labels.astype(object)).astype(np.float64)  # elementwise
-        errors[preds == None] = np.nan  # noqa: E711 - no prediction yet: not scored, as River's evaluate does
-        return errors
-
-    def _learn_one(self, batch: Batch, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        cols = [batch.column(f).tolist() for f in self.features]
-        names = self.features
-        ys = labels.tolist()
-        predict, learn = self.model.predict_one, self.model.learn_one
-        out = []
-        append = out.append
-        for values, y in zip(zip(*cols), ys):  # River's protocol is one row at a time
-            x = dict(zip(names, values))
-            append(predict(x))
-            learn(x, y)
-        preds = np.empty(len(out), dtype=object)
-        preds[:] = out
-        return preds, self._errors(preds, labels)
-
-    def _learn_many(self, batch: Batch, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        pd = _pandas()
-        frame = pd.DataFrame({f: batch.column(f) for f in self.features})
-        target = pd.Series(labels.tolist(), name=self.label_field)
-        preds = np.empty(len(labels), dtype=object)
-        for s in range(0, len(labels), self.chunk_size):
-            X, y = frame.iloc[s:s + self.chunk_size], target.iloc[s:s + self.chunk_size]
-            preds[s:s + len(y)] = list(self.model.predict_many(X))
-            self.model.learn_many(X, y)
-        return preds, self._errors(preds, labels)
-
-    def _learn_sklearn(self, batch: Batch, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        X = feature_matrix(batch.column, self.features, self._codes)
-        if self.task == "regression":
-            y = labels.astype(np.float64)
-        elif self.task == "binary":
-            y = (labels.astype(np.float64) > 0.5).astype(int)
-        else:
-            y = labels
-        preds = np.full(len(y), None, dtype=object)
-        errors = np.full(len(y), np.nan)
-        if self._fitted:
-            p = self.model.predict(X)
-            preds[:] = p.tolist()
-            errors = (np.abs(p.astype(np.float64) - y) if self.task == "regression"
-                      else (p != y).astype(np.float64))
-        if not self._fitted and self.task != "regression":
-            self.model.partial_fit(X, y, classes=self.classes)
-        else:
-            self.model.partial_fit(X, y)
-        self._fitted = True
         return preds, errors
 
     def _remember(self, errors: np.ndarray) -> None:

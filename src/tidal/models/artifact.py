@@ -4,9 +4,10 @@ A folder holds the model file and ``tidal-model.json``: name, version, flavor, t
 features (and the categories of categorical ones), the decision threshold, metrics and the
 file's SHA-256. Loading verifies the checksum before anything is deserialised.
 
-Flavors: ``lightgbm`` (saved as LightGBM's own text format: no pickle), ``sklearn`` and
-``river`` (pickled with joblib: loading a pickle runs code, so only load artifacts you wrote;
-the checksum guards against corruption, not against a malicious author).
+Each flavor's file format is its runtime's (:mod:`tidal.models.runtimes`): ``lightgbm`` as
+LightGBM's own text format (no pickle), ``sklearn`` and ``river`` pickled with joblib (loading a
+pickle runs code, so only load artifacts you wrote; the checksum guards against corruption, not
+against a malicious author), ``onnx`` as the serialized graph.
 """
 
 from __future__ import annotations
@@ -21,15 +22,20 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from tidal.models.errors import ArtifactError
+from tidal.models.runtimes import ModelRuntime, flavors, runtime_for, runtime_of
+from tidal.models.runtimes.lightgbm import SMALL_BATCH_ROWS
+
 __all__ = ["ModelCard", "LoadedModel", "save_model", "load_model", "feature_matrix", "category_codes",
            "ArtifactError", "FLAVORS"]
 
 CARD = "tidal-model.json"
-FLAVORS = ("lightgbm", "sklearn", "river", "onnx")
 
 
-class ArtifactError(RuntimeError):
-    """The artifact is missing, corrupt, or of an unknown flavor."""
+def __getattr__(name: str) -> Any:
+    if name == "FLAVORS":  # the registered flavors, including any registered after import
+        return flavors()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -79,51 +85,23 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _flavor_of(model: Any) -> str:
-    module = type(model).__module__.split(".")[0]
-    if module == "lightgbm":
-        return "lightgbm"
-    if module == "river":
-        return "river"
-    if module == "sklearn" or hasattr(model, "predict_proba") or hasattr(model, "predict"):
-        return "sklearn"
-    raise ArtifactError(f"cannot tell the flavor of {type(model).__name__}; pass flavor=")
-
-
 def save_model(model: Any, folder: str | Path, name: str, version: str | int, features: Sequence[str], *,
                flavor: str | None = None, categories: Mapping[str, Sequence[str]] | None = None,
                threshold: float = 0.5, task: str = "binary", metrics: Mapping[str, float] | None = None,
                lineage: Mapping[str, Any] | None = None) -> ModelCard:
     """Write ``model`` and its card into ``folder`` (created); returns the card."""
-    flavor = flavor or _flavor_of(model)
-    if flavor not in FLAVORS:
-        raise ArtifactError(f"unknown flavor {flavor!r}; use one of {FLAVORS}")
+    runtime = runtime_for(flavor) if flavor else runtime_of(model)
+    flavor = runtime.flavor
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if flavor == "lightgbm":
-        booster = getattr(model, "booster_", model)
-        path = folder / "model.txt"
-        booster.save_model(str(path))
-    elif flavor == "onnx":  # a serialized ONNX graph (bytes) or an onnx.ModelProto
-        path = folder / "model.onnx"
-        path.write_bytes(model if isinstance(model, bytes) else model.SerializeToString())
-    else:
-        import joblib
-
-        path = folder / "model.joblib"
-        joblib.dump(model, path)
+    path = folder / runtime.file
+    runtime.save(model, path)
     card = ModelCard(name=name, version=str(version), flavor=flavor, features=list(features), file=path.name,
                      sha256=_sha256(path), categories={k: list(v) for k, v in (categories or {}).items()},
                      threshold=float(threshold), task=task, metrics=dict(metrics or {}),
                      lineage=dict(lineage or {}), created_at=time.time())
     (folder / CARD).write_text(json.dumps(asdict(card), indent=2))
     return card
-
-
-# Below this many rows LightGBM predicts faster on one thread: starting its OpenMP team costs
-# more than it saves (measured with bench/profile_stages.py: 200 rows 6.2 ms on the default
-# threads vs 1.2 ms on one; 5,000 rows 20.5 vs 22.7 ms). Small batches are the low-latency case.
-SMALL_BATCH_ROWS = 1000
 
 
 class LoadedModel:
@@ -138,6 +116,14 @@ class LoadedModel:
         self.model = model
         self.threads = threads
         self._codes = category_codes(card.categories)
+        self._runtime: ModelRuntime | None = None
+
+    @property
+    def runtime(self) -> ModelRuntime:
+        """The runtime of this model's flavor."""
+        if self._runtime is None:
+            self._runtime = runtime_for(self.card.flavor)
+        return self._runtime
 
     @property
     def name(self) -> str:
@@ -155,41 +141,8 @@ class LoadedModel:
         """Scores for a whole batch in one call: P(positive) for binary tasks, else the prediction."""
         if len(X) == 0:
             return np.empty(0)
-        flavor, model = self.card.flavor, self.model
-        if flavor == "lightgbm":
-            threads = self.threads if self.threads is not None else (1 if len(X) < SMALL_BATCH_ROWS else 0)
-            out = model.predict(X, num_threads=threads) if threads else model.predict(X)
-            return out if out.ndim == 1 else out[:, 1]
-        if flavor == "sklearn":
-            if self.card.task == "binary" and hasattr(model, "predict_proba"):
-                return model.predict_proba(X)[:, 1]
-            return np.asarray(model.predict(X), dtype=np.float64)
-        if flavor == "onnx":
-            return model.predict(X)
-        return self._predict_river(X)
-
-    def _predict_river(self, X: np.ndarray) -> np.ndarray:
-        names = self.card.features
-        pd = _pandas()
-        if pd is not None and self.card.task == "binary" and hasattr(self.model, "predict_proba_many"):
-            proba = self.model.predict_proba_many(pd.DataFrame(X, columns=names))
-            for col in (True, 1):
-                if col in proba.columns:
-                    return proba[col].to_numpy(dtype=np.float64)
-            return np.zeros(len(X))
-        rows = (dict(zip(names, x)) for x in X.tolist())  # River's per-row API: no batch form
-        if self.card.task == "binary":
-            return np.fromiter((self.model.predict_proba_one(r).get(True, 0.0) for r in rows), np.float64, len(X))
-        return np.fromiter((self.model.predict_one(r) or 0.0 for r in rows), np.float64, len(X))
-
-
-def _pandas():
-    """pandas if installed: River's mini-batch API takes DataFrames; without it, rows one by one."""
-    try:
-        import pandas
-    except ImportError:
-        return None
-    return pandas
+        return self.runtime.predict(self.model, X, task=self.card.task, features=self.card.features,
+                                    threads=self.threads)
 
 
 def load_model(folder: str | Path) -> LoadedModel:
@@ -206,18 +159,8 @@ def load_model(folder: str | Path) -> LoadedModel:
         raise ArtifactError(f"{path}: model file missing")
     if _sha256(path) != card.sha256:
         raise ArtifactError(f"{path}: checksum mismatch; the artifact is corrupt or was modified")
-    if card.flavor == "lightgbm":
-        import lightgbm
-
-        model = lightgbm.Booster(model_file=str(path))
-    elif card.flavor in ("sklearn", "river"):
-        import joblib
-
-        model = joblib.load(path)
-    elif card.flavor == "onnx":
-        from tidal.serve.onnx import OnnxModel
-
-        model = OnnxModel(path, card.task)
-    else:
-        raise ArtifactError(f"{folder}: unknown flavor {card.flavor!r}")
-    return LoadedModel(card, model)
+    try:
+        runtime = runtime_for(card.flavor)
+    except ArtifactError as exc:
+        raise ArtifactError(f"{folder}: {exc}") from None
+    return LoadedModel(card, runtime.load(path, task=card.task))

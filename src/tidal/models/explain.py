@@ -1,7 +1,8 @@
 """Per-prediction explanations: the features that pushed each score up or down.
 
-Tree models (LightGBM) use TreeSHAP as LightGBM computes it (``pred_contrib=True``): exact
-Shapley values whose sum plus the bias equals the raw score (log-odds for binary models).
+Each flavor's runtime explains (:meth:`tidal.models.runtimes.ModelRuntime.explain`). Tree
+models (LightGBM) use TreeSHAP as LightGBM computes it (``pred_contrib=True``): exact Shapley
+values whose sum plus the bias equals the raw score (log-odds for binary models).
 Linear scikit-learn models use their exact contributions ``coef_i * x_i`` plus the intercept.
 
 :class:`ExplainStep` explains a sampled share of each batch (default 0.1%: TreeSHAP costs about
@@ -35,21 +36,7 @@ __all__ = ["contributions", "ExplainStep", "top_k"]
 
 def contributions(model: LoadedModel, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(rows × features contributions, per-row bias); contributions + bias = the raw score."""
-    flavor, m = model.card.flavor, model.model
-    if flavor == "lightgbm":
-        out = np.asarray(m.predict(X, pred_contrib=True))
-        if out.shape[1] != X.shape[1] + 1:  # multiclass: one block per class; explain the last one
-            out = out[:, -(X.shape[1] + 1):]
-        return out[:, :-1], out[:, -1]
-    if flavor == "sklearn" and hasattr(m, "coef_"):
-        coef = np.atleast_2d(m.coef_)[-1]
-        intercept = float(np.atleast_1d(getattr(m, "intercept_", 0.0))[-1])
-        return X * coef, np.full(len(X), intercept)
-    if flavor == "sklearn" and hasattr(m, "booster_"):
-        out = np.asarray(m.booster_.predict(X, pred_contrib=True))
-        return out[:, :-1], out[:, -1]
-    raise ValueError(f"no exact explanations for a {flavor} {type(m).__name__}; tree (LightGBM) and linear "
-                     "scikit-learn models are supported")
+    return model.runtime.explain(model.model, X)
 
 
 def top_k(contrib: np.ndarray, features: list[str], k: int) -> list[dict[str, float]]:

@@ -2,7 +2,8 @@
 
 - :mod:`~tidal.serve.dataplane`: the transport-free scoring core (adaptive batching, metrics);
 - :mod:`~tidal.serve.app` / :mod:`~tidal.serve.server`: the HTTP adapter and its wiring (``tidal serve``);
-- :mod:`~tidal.serve.onnx`: conversion with a parity check, the ``onnx`` flavor's runtime;
+- :mod:`~tidal.serve.onnx`: conversion with a parity check (``onnx`` models run in
+  :mod:`tidal.models.runtimes.onnx`);
 - :mod:`~tidal.serve.remote`: :class:`RemoteScoreStep`, a pipeline step that calls a model server.
 
 The web framework is imported only when the server is used (``ModelServer``, ``create_app``).

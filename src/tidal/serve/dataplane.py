@@ -36,6 +36,7 @@ import numpy as np
 
 from tidal import __version__
 from tidal.models.artifact import LoadedModel
+from tidal.models.runtimes import platform_of
 from tidal.serve.batching import AdaptiveBatcher
 from tidal.serve.metrics import ServeMetrics
 from tidal.serve.protocol import (BadRequest, InferenceRequest, InvalidInput, ModelError, PayloadTooLarge,
@@ -43,8 +44,6 @@ from tidal.serve.protocol import (BadRequest, InferenceRequest, InvalidInput, Mo
 from tidal.serve.repository import ModelRepository
 
 __all__ = ["DataPlane", "model_signature"]
-
-_PLATFORMS = {"onnx": "onnxruntime_onnx", "lightgbm": "lightgbm", "sklearn": "sklearn", "river": "river"}
 
 
 def model_signature(model: LoadedModel) -> dict[str, Any]:
@@ -104,7 +103,7 @@ class DataPlane:
         versions = [version] if version else list(self.repository.versions(name))
         d = self.repository.routing(name).deployment
         card = model.card
-        return {"name": name, "versions": versions, "platform": _PLATFORMS.get(card.flavor, card.flavor),
+        return {"name": name, "versions": versions, "platform": platform_of(card.flavor),
                 **model_signature(model),
                 "parameters": {"version": model.version, "task": card.task, "threshold": card.threshold,
                                "features": list(card.features), "deployment": d.mode}}

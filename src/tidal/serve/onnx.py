@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 
 from tidal.models.artifact import ArtifactError, LoadedModel, ModelCard, load_model, save_model
+from tidal.models.errors import NotSupported
+from tidal.models.runtimes.onnx import OnnxModel
 
 __all__ = ["OnnxModel", "ConversionError", "ConversionReport", "convert", "to_onnx", "sample_inputs", "read_sample",
            "is_neural"]
@@ -44,50 +46,6 @@ log = logging.getLogger("tidal.serve")
 
 class ConversionError(ArtifactError):
     """The model cannot be converted, or the ONNX version does not match the original."""
-
-
-class OnnxModel:
-    """An ONNX Runtime session that scores like the other flavors: P(positive) for binary tasks, else the prediction."""
-
-    def __init__(self, model: str | Path | bytes, task: str = "binary", threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3  # converters declare label shapes ORT warns about on every call
-        opts.inter_op_num_threads = 1
-        # idle pool threads sleep instead of spinning: next to a broker and librdkafka on few cores, spinning
-        # threads steal the CPU the rest of the batch needs (measured: 3x slower stream scoring on 2 cores)
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if threads:
-            opts.intra_op_num_threads = threads
-        source = model if isinstance(model, bytes) else str(model)
-        self.session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
-        self.task = task
-        inp = self.session.get_inputs()[0]
-        self.input_name = inp.name
-        self.input_dtype = np.float64 if inp.type == "tensor(double)" else np.float32
-        self.output_name, self.column = self._pick_output()
-
-    def _pick_output(self) -> tuple[str, int | None]:
-        outs = self.session.get_outputs()
-        by_name = {o.name: o for o in outs}
-        if self.task == "binary":
-            if "probabilities" in by_name:
-                return "probabilities", 1
-            for o in outs:
-                if "float" in o.type and len(o.shape) == 2 and o.shape[1] == 2:
-                    return o.name, 1
-        for name in ("variable", "label"):
-            if name in by_name:
-                return name, None
-        return outs[0].name, None
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        """Scores for the rows of X (float64, one per row)."""
-        X = np.ascontiguousarray(X, dtype=self.input_dtype)
-        out = np.asarray(self.session.run([self.output_name], {self.input_name: X})[0])
-        out = out[:, self.column] if self.column is not None else out.reshape(len(X), -1)[:, 0]
-        return out.astype(np.float64)
 
 
 @dataclass(frozen=True)
@@ -112,43 +70,20 @@ def is_neural(model: Any) -> bool:
 
 def to_onnx(loaded: LoadedModel, opset: int | None = None) -> bytes:
     """The model as a serialized ONNX graph with one float32 input ``input`` of shape [N, features]."""
-    k = len(loaded.card.features)
-    flavor, model = loaded.card.flavor, loaded.model
+    model = loaded.model
     try:
-        if flavor == "lightgbm":
-            import onnxmltools
-            from onnxmltools.convert.common.data_types import FloatTensorType
-
-            onx = onnxmltools.convert_lightgbm(model, initial_types=[("input", FloatTensorType([None, k]))],
-                                               zipmap=False, target_opset=opset)
-        elif flavor == "sklearn":
-            from skl2onnx import convert_sklearn
-            from skl2onnx.common.data_types import FloatTensorType
-
-            options = {id(model): {"zipmap": False}} if hasattr(model, "predict_proba") else None
-            if getattr(model, "steps", None) and hasattr(model, "predict_proba"):
-                options = {id(model.steps[-1][1]): {"zipmap": False}}
-            onx = convert_sklearn(model, initial_types=[("input", FloatTensorType([None, k]))], options=options,
-                                  target_opset=opset)
-        else:
-            raise ConversionError(f"flavor {flavor!r} cannot be converted to ONNX (scikit-learn and LightGBM can)")
-    except ConversionError:
-        raise
+        return loaded.runtime.to_onnx(model, len(loaded.card.features), opset)
+    except NotSupported as exc:
+        raise ConversionError(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - converters raise many types; say which model failed
         raise ConversionError(f"{type(model).__name__} could not be converted to ONNX: {exc}") from exc
-    return onx.SerializeToString()
 
 
 def sample_inputs(loaded: LoadedModel, rows: int = 2000, seed: int = 0) -> np.ndarray:
-    """Sample X for the parity check: LightGBM's recorded feature ranges, category codes, else N(0, 1)."""
+    """Sample X for the parity check: the feature ranges the model records (LightGBM), category codes, else N(0, 1)."""
     rng = np.random.default_rng(seed)
     card = loaded.card
-    ranges: dict[int, tuple[float, float]] = {}
-    if card.flavor == "lightgbm":
-        infos = list(loaded.model.dump_model().get("feature_infos", {}).values())
-        for i, info in enumerate(infos):
-            if isinstance(info, dict) and "min_value" in info and not info.get("values"):
-                ranges[i] = (float(info["min_value"]), float(info["max_value"]))
+    ranges = loaded.runtime.feature_ranges(loaded.model)
     cols = []
     for i, f in enumerate(card.features):
         if f in card.categories:
@@ -239,7 +174,7 @@ def convert(source: str | Path, out: str | Path, *, sample: np.ndarray | None = 
     got = OnnxModel(onnx_bytes, card.task).predict(X)
     max_diff = _check(f"{source}: ONNX vs {card.flavor}", ref, got, atol, rtol)
     quantized, note = False, ""
-    neural = card.flavor == "sklearn" and is_neural(original.model)
+    neural = is_neural(original.model)  # to_onnx above: only convertible flavors get here
     if quantize is True and not neural:
         raise ConversionError(f"{source}: int8 quantisation is offered for neural networks only, not "
                               f"{type(original.model).__name__}")
