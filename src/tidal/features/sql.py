@@ -121,6 +121,8 @@ class SqlStep(Step):
         return pa.table({n: (pa.array(v.tolist()) if v.dtype == object else v) for n, v in data.items()})
 
     def process(self, batch: Batch) -> Batch:
+        if not len(batch):  # nothing to query (DuckDB cannot type an empty table's columns)
+            return batch
         table = self._table(batch)
         self.con.register("batch", table)
         try:

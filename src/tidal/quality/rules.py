@@ -73,6 +73,8 @@ class ValidateStep(QualityStep):
         self._patterns: dict[str, re.Pattern] = {}
 
     def apply(self, batch: QualityBatch) -> QualityBatch:
+        if not len(batch):
+            return batch
         schema = self.schema or (schema_of(batch.rows[0]) if batch.rows else None)
         if schema is None:
             raise ValueError("validate needs a schema: give one, or declare `schema:` on the pipeline")
