@@ -21,7 +21,7 @@ from tidal.broker import ensure_topics
 from tidal.demos.maintenance import WorkerThread, unique_specs
 from tidal.learn import OnlineLearnStep, learn_pipeline
 from tidal.models.deployed import DeployedScoreStep
-from tidal.monitor.quality import monitor_pipeline
+from tidal.monitor.model_quality import monitor_pipeline
 from tidal.registry import KafkaPublisher, Registry
 from tidal.stream import Pipeline
 

@@ -11,7 +11,7 @@ import pytest
 from river import metrics
 
 from tidal.broker import ensure_topics
-from tidal.monitor.quality import monitor_pipeline
+from tidal.monitor.model_quality import monitor_pipeline
 from tidal.stream import Worker
 
 from .kafka_helpers import produce, read_all, records

@@ -193,7 +193,7 @@ def test_impute_outliers_integrity_profile_and_report(settings, name, tmp_path):
 def test_confluent_avro_through_the_broker(settings, name):
     for module in ("fastavro", "httpx", "cachetools", "attrs"):
         pytest.importorskip(module)
-    from tidal.quality.serdes import Registry, avro_schema
+    from tidal.quality.serdes import RegistryWire, avro_schema
 
     avro = {"type": "record", "name": "Flow", "fields": [{"name": "id", "type": "string"},
                                                          {"name": "bytes", "type": "double"}]}
@@ -201,7 +201,7 @@ def test_confluent_avro_through_the_broker(settings, name):
     schema = avro_schema(avro, registry=url, bytes={"min": 0, "policy": {"range": "fix"}})
     p = Pipeline(name, schema=schema, steps=[QualityChain.from_dict({"validate": {}})])
     ensure_topics(settings, p.topic_specs())
-    producer_side = Registry(url, "avro", orjson.dumps(avro).decode())
+    producer_side = RegistryWire(url, "avro", orjson.dumps(avro).decode())
     good = [producer_side.encode({"id": f"a{i}", "bytes": float(i - 5)}, p.sources[0]) for i in range(20)]
     bad = b"\x00\x00\x00\x00\x01\x99"
     produce(settings, p.sources[0], good + [bad])

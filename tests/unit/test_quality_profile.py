@@ -156,7 +156,7 @@ def test_plain_avro_through_decode_and_validate(tmp_path):
 def test_confluent_wire_format_with_mock_registry(fmt):
     for module in ("fastavro", "httpx", "cachetools", "attrs", "jsonschema"):
         pytest.importorskip(module)
-    from tidal.quality.serdes import Registry, avro_schema, json_schema
+    from tidal.quality.serdes import RegistryWire, avro_schema, json_schema
 
     url = f"mock://unit-{fmt}"
     if fmt == "avro":
@@ -165,7 +165,7 @@ def test_confluent_wire_format_with_mock_registry(fmt):
         doc = {"type": "object", "properties": {"id": {"type": "string"}, "bytes": {"type": "number"}},
                "required": ["id", "bytes"]}
         schema = json_schema(doc, registry=url, topic="t.events")
-    producer_side = Registry(url, fmt, schema.wire.schema_str, "t.events")
+    producer_side = RegistryWire(url, fmt, schema.wire.schema_str, "t.events")
     value = producer_side.encode({"id": "f1", "bytes": 2.5, **({"proto": "udp"} if fmt == "avro" else {})})
     assert value[0] == 0  # magic byte
     assert schema.decode_one(value)["bytes"] == 2.5

@@ -31,7 +31,7 @@ def read_partitions(settings: KafkaSettings, starts: Mapping[tuple[str, int], in
                     timeout: float = 10.0, strict: bool = True) -> list[Any]:
     """Every message of the given (topic, partition)s from their start offsets to their ends.
 
-    Reads to partition EOF rather than to a reported high watermark (see DESIGN.md: the
+    Reads to partition EOF rather than to a reported high watermark (see docs/architecture.md: the
     embedded broker's ListOffsets can be short). If an end is not reached in ``timeout``,
     raises TimeoutError (``strict``) or returns what was read.
     """

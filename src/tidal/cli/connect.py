@@ -47,7 +47,7 @@ def run_source(source, topic: str, bootstrap: Optional[str], kafka_config: Optio
                dlq: Optional[str] = None, partitions: int = 4, batch_size: int = 1000,
                metrics_port: int = 0, idle_exit: Optional[float] = None, position_file=None,
                until=None) -> None:
-    """Run ``source`` into ``topic`` with the shared delivery (see :mod:`tidal.connect.source`);
+    """Run ``source`` into ``topic`` with the shared delivery (see :mod:`tidal.connect.source_runner`);
     ``until()`` true stops it (e.g. a source that has read everything)."""
     from tidal.connect import SourceRunner
 
@@ -64,7 +64,7 @@ def run_source(source, topic: str, bootstrap: Optional[str], kafka_config: Optio
 def run_sink(sink, topics: list[str], bootstrap: Optional[str], kafka_config: Optional[str], *,
              group: Optional[str] = None, dlq: Optional[str] = None, batch_size: int = 1000,
              metrics_port: int = 0, idle_exit: Optional[float] = None) -> None:
-    """Run ``sink`` over ``topics`` with the shared delivery (see :mod:`tidal.connect.sink`)."""
+    """Run ``sink`` over ``topics`` with the shared delivery (see :mod:`tidal.connect.sink_runner`)."""
     from tidal.connect import SinkRunner
 
     runner = SinkRunner(sink, _settings(bootstrap, kafka_config), topics, group=group, dlq=dlq,

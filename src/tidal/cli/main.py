@@ -216,7 +216,7 @@ def monitor(pipeline: str = typer.Argument(..., help="The scoring pipeline to wa
     """Join PIPELINE's delayed labels with its predictions; live quality per model version."""
     from tidal.broker.topics import ensure_topics
     from tidal.monitor.metrics import serve_metrics
-    from tidal.monitor.quality import monitor_pipeline
+    from tidal.monitor.model_quality import monitor_pipeline
     from tidal.stream.runner import default_worker_id
     from tidal.stream.worker import Worker
 

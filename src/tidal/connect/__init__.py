@@ -15,8 +15,8 @@ from tidal.connect.mqtt import MqttConnection, MqttSink, MqttSource
 from tidal.connect.postgres_sink import PostgresSink
 from tidal.connect.postgres_source import PostgresSource
 from tidal.connect.positions import PositionFile, default_position_path
-from tidal.connect.sink import SinkRunner
-from tidal.connect.source import SourceRunner
+from tidal.connect.sink_runner import SinkRunner
+from tidal.connect.source_runner import SourceRunner
 
 __all__ = ["Source", "Sink", "SourceRecord", "SinkRecord", "BadRecord", "Unavailable", "RecordsRejected",
            "SourceRunner", "SinkRunner", "PositionFile", "default_position_path", "ConnectorMetrics", "Backoff"]

@@ -2,8 +2,8 @@
 :class:`Sink` that writes a topic's records to one.
 
 Connectors are small adapters; delivery (produce, acknowledgement, positions, offsets,
-retries, the dead-letter topic, metrics) lives once in :mod:`tidal.connect.source` and
-:mod:`tidal.connect.sink`.
+retries, the dead-letter topic, metrics) lives once in :mod:`tidal.connect.source_runner` and
+:mod:`tidal.connect.sink_runner`.
 
 >>> r = SourceRecord(b'{"id": 1}', key=b"1", position={"id": 1})
 >>> r.position_bytes()

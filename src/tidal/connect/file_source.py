@@ -16,7 +16,7 @@ rename it when complete, which is atomic and never read early.
 (:meth:`committed`), the file is moved to ``done_dir``, deleted (``delete_done``), or (by
 default) its name is added to a ledger (``<position file>.files.json``) so it is not read
 again. A restart resumes inside the file named by the saved position; the runner's
-dedup (see :mod:`tidal.connect.source`) drops what was delivered after the last save.
+dedup (see :mod:`tidal.connect.source_runner`) drops what was delivered after the last save.
 
 **Bad input** goes to the dead-letter topic: a line that is not JSON (``invalid_json``) or
 not an object (``not_an_object``), a CSV row with the wrong number of fields

@@ -1,7 +1,7 @@
 """HTTP ingest: ``POST /ingest/{pipeline}`` validates records against the pipeline's schema
 and answers only after Kafka acknowledged every one of them.
 
-This connector is *pushed* to, so it does not use :class:`~tidal.connect.source.SourceRunner`
+This connector is *pushed* to, so it does not use :class:`~tidal.connect.source_runner.SourceRunner`
 (which polls a source and keeps positions): a client that got a 2xx knows its records are in
 ``<pipeline>.events``; one that got anything else should send them again. It shares the
 connector metrics (:class:`~tidal.connect.metrics.ConnectorMetrics`, ``kind="http"``).
@@ -53,7 +53,7 @@ from starlette.routing import Route
 from tidal.config import KafkaSettings
 from tidal.connect.metrics import ConnectorMetrics
 from tidal.quality.schema import Schema
-from tidal.serve.harness import HttpServer
+from tidal.httpserver import HttpServer
 
 __all__ = ["IngestPipeline", "IngestServer", "IngestError", "load_ingest_pipeline", "validate", "split_body"]
 

@@ -4,7 +4,7 @@ The file is replaced atomically (write, fsync, rename), so a crash leaves the ol
 new position, never half of one. It also records, per topic partition, the offset after
 the last record the connector saw acknowledged (its topic and its dead-letter topic); on restart the runner reads the topic from
 there to find records that were delivered after the last save (see
-:mod:`tidal.connect.source`).
+:mod:`tidal.connect.source_runner`).
 
 >>> import tempfile, pathlib
 >>> f = PositionFile(pathlib.Path(tempfile.mkdtemp()) / "pg.json")

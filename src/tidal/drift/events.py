@@ -8,8 +8,8 @@ batch, inside its transaction in exactly-once mode.
 
 >>> seen = []
 >>> sink = EventSink(emit=seen.append)
->>> sink.send({"rule": "r", "state": "firing"}); seen
-[{'rule': 'r', 'state': 'firing'}]
+>>> sink.send({"rule": "r", "state": "firing"}); [(e["rule"], e["state"], e["message"]) for e in seen]
+[('r', 'firing', None)]
 """
 
 from __future__ import annotations

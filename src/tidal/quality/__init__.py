@@ -14,7 +14,7 @@ _LAZY = {
     "ValidateStep": "rules", "NormalizeStep": "normalize", "ImputeStep": "impute", "OutlierStep": "outliers",
     "IntegrityStep": "integrity", "ProfileStep": "profile", "AnomalyStep": "anomaly", "QualityChain": "chain",
     "QualityBatch": "base", "QualityStep": "base", "PartitionedStep": "base", "avro_schema": "serdes",
-    "json_schema": "serdes", "AvroFile": "serdes", "Registry": "serdes",
+    "json_schema": "serdes", "AvroFile": "serdes", "RegistryWire": "serdes",
 }
 
 __all__ = ["Field", "RecordError", "Schema", *_LAZY]

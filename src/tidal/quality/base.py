@@ -37,7 +37,7 @@ import orjson
 from tidal.stream.batch import Batch
 from tidal.stream.step import Step
 
-__all__ = ["QualityBatch", "QualityStep", "PartitionedStep", "PartitionState", "FLAGS", "add_flags",
+__all__ = ["QualityBatch", "QualityStep", "PartitionedStep", "PartitionStats", "FLAGS", "add_flags",
            "as_quality", "flush", "pack", "unpack", "partition_groups", "quality_metrics", "raw_column", "key_codes",
            "key_values", "missing_mask", "take"]
 
@@ -371,7 +371,7 @@ class QualityStep(Step):
                 "dropped": dict(self.dropped)}
 
 
-class PartitionState:
+class PartitionStats:
     """Statistics of one (topic, partition); subclasses say what ``snapshot``/``restore`` keep."""
 
     def snapshot(self) -> bytes:
@@ -392,12 +392,12 @@ class PartitionedStep(QualityStep):
 
     def __init__(self) -> None:
         super().__init__()
-        self.states: dict[tuple[str, int], PartitionState] = {}
+        self.states: dict[tuple[str, int], PartitionStats] = {}
 
-    def new_state(self) -> PartitionState:
+    def new_state(self) -> PartitionStats:
         raise NotImplementedError
 
-    def state(self, tp: tuple[str, int]) -> PartitionState:
+    def state(self, tp: tuple[str, int]) -> PartitionStats:
         s = self.states.get(tp)
         if s is None:
             s = self.states[tp] = self.new_state()

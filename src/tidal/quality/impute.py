@@ -28,7 +28,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from tidal.quality.base import (PartitionedStep, PartitionState, QualityBatch, add_flags, ensure_flags, key_codes,
+from tidal.quality.base import (PartitionedStep, PartitionStats, QualityBatch, add_flags, ensure_flags, key_codes,
                                 key_values, missing_mask, pack, partition_groups, take, unpack)
 from tidal.quality.stats import Moments, TopK, Windows
 
@@ -37,7 +37,7 @@ __all__ = ["ImputeStep", "ImputeState", "STRATEGIES"]
 STRATEGIES = ("mean", "median", "most_frequent", "constant", "last")
 
 
-class ImputeState(PartitionState):
+class ImputeState(PartitionStats):
     """Per field: running moments, a window for the median, top values, last value per key."""
 
     def __init__(self, window: int = 1024, max_keys: int = 100_000) -> None:

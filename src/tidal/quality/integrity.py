@@ -37,13 +37,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from tidal.quality.base import (PartitionedStep, PartitionState, QualityBatch, ensure_flags, key_codes,
+from tidal.quality.base import (PartitionedStep, PartitionStats, QualityBatch, ensure_flags, key_codes,
                                 key_values, pack, partition_groups, take, unpack)
 
 __all__ = ["IntegrityStep", "IntegrityState", "compile_rule"]
 
 
-class IntegrityState(PartitionState):
+class IntegrityState(PartitionStats):
     """Recent ids (insertion-ordered, with event time) and the highest sequence value per key."""
 
     def __init__(self) -> None:

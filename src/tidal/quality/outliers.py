@@ -28,7 +28,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from tidal.quality.base import (PartitionedStep, PartitionState, QualityBatch, add_flags, ensure_flags, key_values,
+from tidal.quality.base import (PartitionedStep, PartitionStats, QualityBatch, add_flags, ensure_flags, key_values,
                                 pack, take, partition_groups, unpack)
 from tidal.quality.stats import Windows
 
@@ -38,7 +38,7 @@ METHODS = {"mad": 3.5, "iqr": 1.5}
 POLICIES = ("flag", "clip", "drop", "reject")
 
 
-class OutlierState(PartitionState):
+class OutlierState(PartitionStats):
     """Per field: windows of recent values per key."""
 
     def __init__(self) -> None:

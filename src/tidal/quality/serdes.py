@@ -29,7 +29,7 @@ import msgspec
 
 from tidal.quality.schema import Field, Schema, WireDecodeError
 
-__all__ = ["AvroFile", "Registry", "avro_schema", "json_schema", "registry_client", "fields_from_avro"]
+__all__ = ["AvroFile", "RegistryWire", "avro_schema", "json_schema", "registry_client", "fields_from_avro"]
 
 _CLIENTS: dict[str, Any] = {}
 
@@ -95,7 +95,7 @@ class AvroFile:
         return buf.getvalue()
 
 
-class Registry:
+class RegistryWire:
     """The Confluent wire format (magic byte, schema id, payload) read through a Schema Registry."""
 
     def __init__(self, url: str, format: str = "avro", schema: str | None = None, topic: str = "",
@@ -176,7 +176,7 @@ def avro_schema(schema: str | Path | Mapping[str, Any], registry: str | None = N
     """
     wire = AvroFile(schema)
     if registry is not None:
-        wire = Registry(registry, "avro", json.dumps(wire.schema), topic)
+        wire = RegistryWire(registry, "avro", json.dumps(wire.schema), topic)
     fields = tuple(Field(f.name, f.type, f.required, **{**_extra(f), **dict(overrides.get(f.name, {}))})
                    for f in fields_from_avro(wire.schema if isinstance(wire, AvroFile) else json.loads(wire.schema_str)))
     return Schema(fields, wire=wire)
@@ -185,7 +185,7 @@ def avro_schema(schema: str | Path | Mapping[str, Any], registry: str | None = N
 def json_schema(doc: Mapping[str, Any] | str, registry: str, topic: str = "") -> Schema:
     """A :class:`Schema` reading JSON Schema messages in the Confluent wire format."""
     doc = json.loads(doc) if isinstance(doc, str) else dict(doc)
-    return Schema(Schema.from_json_schema(doc).fields, wire=Registry(registry, "json", json.dumps(doc), topic))
+    return Schema(Schema.from_json_schema(doc).fields, wire=RegistryWire(registry, "json", json.dumps(doc), topic))
 
 
 def _extra(f: Field) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from tidal.serve.app import DEFAULT_MAX_BODY, create_app
 from tidal.serve.dataplane import DataPlane
-from tidal.serve.harness import HttpServer
+from tidal.httpserver import HttpServer
 from tidal.serve.metrics import ServeMetrics
 from tidal.serve.repository import ModelRepository
 

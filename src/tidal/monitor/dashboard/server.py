@@ -33,7 +33,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from tidal.monitor.dashboard.collector import KafkaWatcher, MetricsHistory
-from tidal.serve.harness import HttpServer
+from tidal.httpserver import HttpServer
 
 __all__ = ["Dashboard", "create_app", "STATIC"]
 
