@@ -27,8 +27,41 @@ from river import drift
 
 __all__ = ["DETECTORS", "ConceptDriftMonitor", "Detection", "make_detector"]
 
-#: tidal's names for River's detectors (the ``binary`` ones take 0/1 errors only).
+class BOCPDErrors:
+    """tidal's BOCPD (:class:`tidal.detect.BOCPDDrift`) where River's detectors go.
+
+    Errors (0/1, or absolute errors) are fed as means of blocks of ``block`` values: near
+    Gaussian and independent, which BOCPD's model and its calibrated false-alarm rate assume
+    (``expected_run_length`` counts blocks). ``width`` is how many values ago the change
+    began: its estimated start, not the alarm.
+    """
+
+    def __init__(self, block: int = 25, **params: Any) -> None:
+        from tidal.detect import BOCPDDrift
+
+        self.block = int(block)
+        self._d = BOCPDDrift(**{"model": "level", **params})
+        self._sum, self._n, self.n = 0.0, 0, 0
+        self.drift_detected = False
+        self.width: int | None = None
+
+    def update(self, x: float) -> "BOCPDErrors":
+        self.n += 1
+        self._sum += float(x)
+        self._n += 1
+        self.drift_detected = False
+        if self._n == self.block:
+            self._d.update(self._sum / self._n)
+            self._sum, self._n = 0.0, 0
+            if self._d.drift_detected:
+                self.drift_detected = True
+                self.width = self.n - self._d.change_point * self.block
+        return self
+
+
+#: tidal's names for River's detectors (the ``binary`` ones take 0/1 errors only), and BOCPD.
 DETECTORS: dict[str, Callable[..., Any]] = {
+    "bocpd": BOCPDErrors,
     "adwin": drift.ADWIN,
     "page_hinkley": drift.PageHinkley,
     "kswin": drift.KSWIN,

@@ -3,7 +3,8 @@
 :class:`RetrainStep` runs after :class:`tidal.drift.DriftStep` in the monitor pipeline (after
 the labels join). It keeps the last ``buffer`` labelled rows (features as a float matrix, in a
 numpy ring) and, when the drift step marks a detection (``drift_concept``; ``drift_data``
-too with ``on=("concept", "data")``) or on :meth:`request_retrain`:
+too with ``on=("concept", "data")``; a series step's change point, ``change``, with
+``on=("change",)``) or on :meth:`request_retrain`:
 
 1. waits until ``min_rows`` labelled rows have arrived since the detection (or, with
    ``since="estimate"``, since where ADWIN's window after the detection says the change began:
@@ -178,7 +179,7 @@ class RetrainStep(Step):
             return
         if not len(rows):
             return
-        for kind, column in (("concept", "drift_concept"), ("data", "drift_data")):
+        for kind, column in (("concept", "drift_concept"), ("data", "drift_data"), ("change", "change")):
             flags = batch.columns.get(column)
             if kind not in self.on or flags is None:
                 continue
