@@ -146,10 +146,14 @@ class Pipeline:
     def open_local(self) -> SideOutputs:
         """Give every step a context without Kafka (as :meth:`test` does); returns where their
         side outputs collect."""
+        from tidal.stream.state import StateStore
+
         sink = SideOutputs()
         for step in self.steps:
-            ctx = StepContext(self.name, step=step.name, topics=step.outputs(self.name), sink=sink,
-                              store=step.state_store)
+            store = step.state_store
+            if store is None and step.state_name:  # in memory: no changelog without Kafka
+                store = StateStore(step.state_name, self.changelog(step))
+            ctx = StepContext(self.name, step=step.name, topics=step.outputs(self.name), sink=sink, store=store)
             step.bind(ctx)
             step.open(ctx)
         return sink
