@@ -38,6 +38,7 @@ from .base import ChangeDetector, SeriesDetector
 from .bocpd import BOCPD, BOCPDDrift
 from .context import ContextDetector
 from .ensemble import EnsembleDetector
+from .flatline import FlatlineDetector
 from .gaussian import GaussianDetector
 from .knn import KNNDetector
 from .likelihood import AnomalyLikelihood
@@ -53,6 +54,7 @@ __all__ = [
     "ContextDetector",
     "DefaultDetector",
     "EnsembleDetector",
+    "FlatlineDetector",
     "GaussianDetector",
     "KNNDetector",
     "SeasonalDetector",
@@ -63,13 +65,25 @@ __all__ = [
 
 
 class DefaultDetector(EnsembleDetector):
-    """Default series detector: max of likelihood-wrapped context, knn, seasonal."""
+    """Default series detector: max of the anomaly likelihoods of ``gaussian``,
+    ``knn``, ``seasonal``, ``context`` and ``flatline``.
 
-    def __init__(self, combine: str = "max", probation: int = 150, long_window: int = 2000) -> None:
+    Parameters
+    ----------
+    combine
+        ``"max"`` (default) or ``"mean"`` of the members' likelihood scores.
+    probation, long_window, short_window
+        Passed to each member's :class:`AnomalyLikelihood`.
+    """
+
+    def __init__(self, combine: str = "max", probation: int = 150, long_window: int = 2000, short_window: int = 3) -> None:
+        lk = dict(probation=probation, long_window=long_window, short_window=short_window)
         members = [
-            AnomalyLikelihood(ContextDetector(), probation=probation, long_window=long_window),
-            AnomalyLikelihood(KNNDetector(), probation=probation, long_window=long_window),
-            AnomalyLikelihood(SeasonalDetector(), probation=probation, long_window=long_window),
+            AnomalyLikelihood(GaussianDetector(), **lk),
+            AnomalyLikelihood(KNNDetector(), **lk),
+            AnomalyLikelihood(SeasonalDetector(), **lk),
+            AnomalyLikelihood(ContextDetector(), **lk),
+            AnomalyLikelihood(FlatlineDetector(), **lk),
         ]
         super().__init__(members, combine=combine)
 
@@ -79,6 +93,7 @@ SERIES_DETECTORS: dict[str, type[SeriesDetector]] = {
     "context": ContextDetector,
     "knn": KNNDetector,
     "seasonal": SeasonalDetector,
+    "flatline": FlatlineDetector,
     "default": DefaultDetector,
 }
 

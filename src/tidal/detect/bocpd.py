@@ -4,8 +4,9 @@ Gaussian observations with unknown mean and variance (Normal-Inverse-Gamma
 prior, Student-t predictive), constant hazard, run-length distribution
 truncated at ``max_run`` (longer runs share the last bin, whose statistics
 cover the last ``max_run`` values).  Each key's data are standardised by the
-median / MAD of a short warm-up; ``model="diff"`` runs on first differences,
-which suits trending or random-walk series (prices), ``"level"`` on values.
+median / MAD of a short warm-up; ``model="level"`` (default) runs on the
+values, ``"diff"`` on first differences (slope and volatility changes of
+random walks; blind to level shifts).
 
 An alarm is raised when the log-odds of a recent change,
 ``log P(1 <= r <= recent) - log P(r > recent)``, exceeds a threshold that is
@@ -325,7 +326,7 @@ class BOCPD(ChangeDetector):
     expected_run_length
         Mean number of stationary (iid Gaussian) samples between false alarms.
     model
-        ``"diff"`` (first differences; trends, random walks) or ``"level"``.
+        ``"level"`` (values) or ``"diff"`` (first differences).
     hazard
         Prior probability of a change at each step.
     max_run
@@ -346,7 +347,7 @@ class BOCPD(ChangeDetector):
     def __init__(
         self,
         expected_run_length: float = 10_000,
-        model: str = "diff",
+        model: str = "level",
         hazard: float = 1 / 200,
         max_run: int = 300,
         warmup: int = 16,

@@ -1,10 +1,11 @@
 """Seasonal-profile detector: robust residual against hour-of-day and
 hour-of-week profiles.
 
-The forecast is ``level + profile[bin]`` where ``level`` is a slow
+The forecast is ``level + profile(t)`` where ``level`` is a slow
 exponentially weighted mean of the deseasonalised value (time constant
 ``level_days``) and ``profile`` the EW mean deviation per hour-of-week bin
-(used once the bin has ``min_bin`` visits) or else per hour-of-day bin.  The
+(used once the bin has ``min_bin`` visits) or else per hour-of-day bin, read by
+linear interpolation between the two nearest bin centres.  The
 residual is scored against an EW mean absolute residual of the same bin
 (floored by a fraction of the global one): ``erf(|r| / (1.25 * mad) / sqrt 2)``.
 
@@ -46,21 +47,29 @@ def _seasonal_kernel(slots, x, t, cnt, level, gmad, last_t, dt_ew, pd, md, nd, p
                 dt_ew[s] = dt
         if has_t:
             last_t[s] = ti
-        hd = -1
-        hw = -1
-        if has_t and dt > 0.0 and dt < 86400.0 * 7:
-            hw = int(math.floor(ti / 3600.0)) % 168
-            hw = (hw + 72) % 168  # epoch 0 was a Thursday; bin 0 = Monday 00h
-            hd = hw % 24
-        # forecast
+        # bin positions (bin centres at h + 0.5; linear interpolation between neighbours)
+        use_t = has_t and dt > 0.0 and dt < 86400.0 * 7
+        d0 = d1 = w0 = w1 = 0
+        fd = fw = 0.0
+        if use_t:
+            qw = ((ti / 3600.0 + 72.0) % 168.0) - 0.5  # epoch 0 was a Thursday; bin 0 = Monday 00h
+            fl = math.floor(qw)
+            fw = qw - fl
+            w0 = int(fl) % 168
+            w1 = (w0 + 1) % 168
+            qd = (qw + 0.5) % 24.0 - 0.5
+            fl = math.floor(qd)
+            fd = qd - fl
+            d0 = int(fl) % 24
+            d1 = (d0 + 1) % 24
         prof = 0.0
         mad = 0.0
-        if hw >= 0 and nw[s, hw] >= min_bin:
-            prof = pw[s, hw]
-            mad = mw[s, hw]
-        elif hd >= 0 and nd[s, hd] >= min_bin:
-            prof = pd[s, hd]
-            mad = md[s, hd]
+        if use_t and min(nw[s, w0], nw[s, w1]) >= min_bin:
+            prof = (1.0 - fw) * pw[s, w0] + fw * pw[s, w1]
+            mad = (1.0 - fw) * mw[s, w0] + fw * mw[s, w1]
+        elif use_t and min(nd[s, d0], nd[s, d1]) >= min_bin:
+            prof = (1.0 - fd) * pd[s, d0] + fd * pd[s, d1]
+            mad = (1.0 - fd) * md[s, d0] + fd * md[s, d1]
         lv = level[s]
         r = v - lv - prof
         g_m = gmad[s]
@@ -88,23 +97,37 @@ def _seasonal_kernel(slots, x, t, cnt, level, gmad, last_t, dt_ew, pd, md, nd, p
         ar = abs(r)
         a_g = 1.0 / (n + 1) if n < 200 else 0.005
         gmad[s] = g_m + a_g * (ar - g_m) if n > 0 else 0.0
-        dev = v - lv
-        if hd >= 0:
-            c = nd[s, hd]
-            a = max(1.0 / (c + 1), a_p)
-            if c == 0:
-                md[s, hd] = g_m
-            md[s, hd] += a * (abs(dev - pd[s, hd]) - md[s, hd])
-            pd[s, hd] += a * (dev - pd[s, hd])
-            nd[s, hd] = c + 1
-            c = nw[s, hw]
-            a = max(1.0 / (c + 1), min(0.5, 7.0 * a_p))
-            if c == 0:
-                mw[s, hw] = md[s, hd]
-                pw[s, hw] = pd[s, hd]
-            mw[s, hw] += a * (abs(dev - pw[s, hw]) - mw[s, hw])
-            pw[s, hw] += a * (dev - pw[s, hw])
-            nw[s, hw] = c + 1
+        if use_t:
+            dev = v - lv
+            # daily profile
+            pdi = (1.0 - fd) * pd[s, d0] + fd * pd[s, d1]
+            err = dev - pdi
+            for b, wgt in ((d0, 1.0 - fd), (d1, fd)):
+                c = nd[s, b]
+                a = max(1.0 / (c + 1), a_p) * wgt
+                if c == 0:
+                    md[s, b] = g_m
+                    pd[s, b] = dev
+                else:
+                    pd[s, b] += a * err
+                    md[s, b] += a * (abs(err) - md[s, b])
+                if wgt >= 0.5:
+                    nd[s, b] = c + 1
+            # weekly profile (starts from the daily one)
+            pwi = (1.0 - fw) * pw[s, w0] + fw * pw[s, w1]
+            err = dev - pwi
+            for b, wgt in ((w0, 1.0 - fw), (w1, fw)):
+                c = nw[s, b]
+                a = max(1.0 / (c + 1), min(0.5, 7.0 * a_p)) * wgt
+                if c == 0:
+                    db = b % 24
+                    pw[s, b] = pd[s, db]
+                    mw[s, b] = md[s, db]
+                else:
+                    pw[s, b] += a * err
+                    mw[s, b] += a * (abs(err) - mw[s, b])
+                if wgt >= 0.5:
+                    nw[s, b] = c + 1
         cnt[s] = n + 1
 
 
