@@ -80,3 +80,19 @@ def test_river_adapter():
         if det.drift_detected:
             found.append((i, det.change_point))
     assert any(600 <= i <= 640 and abs(cp - 600) <= 5 for i, cp in found), found
+
+
+@pytest.mark.parametrize("name", sorted(CHANGE_DETECTORS))
+def test_alarms_do_not_depend_on_how_the_stream_is_batched(name):
+    """Twenty keys interleaved, half of them shifting: one call, or chunks smaller than the number
+    of keys, give the same alarms."""
+    rng = np.random.default_rng(3)
+    k, n = 20, 20 * 600
+    keys = np.array([f"k{i}" for i in range(k)] * (n // k), dtype=object)
+    shift = np.array([i % 2 for i in range(k)] * (n // k)) * (np.arange(n) > n // 2) * 3.0
+    x = rng.normal(size=n) + shift
+    full = make_change_detector(name).update_many(keys, x)
+    d = make_change_detector(name)
+    parts = np.concatenate([d.update_many(keys[i:i + 7], x[i:i + 7]) for i in range(0, n, 7)])
+    assert (full >= 0).sum() >= k // 2
+    np.testing.assert_array_equal(parts, full)

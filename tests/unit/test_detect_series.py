@@ -7,7 +7,7 @@ import pytest
 
 from tidal.detect import SERIES_DETECTORS, make_detector
 
-NAMES = ["gaussian", "context", "knn", "seasonal", "default", "knn+likelihood", "gaussian+likelihood"]
+NAMES = ["gaussian", "context", "knn", "seasonal", "flatline", "default", "knn+likelihood", "gaussian+likelihood"]
 
 
 def _series(n=1500, seed=0):

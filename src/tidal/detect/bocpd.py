@@ -375,7 +375,7 @@ class BOCPD(ChangeDetector):
                 self.min_gap, self.model, self.kappa0, self.alpha0, self.beta0,
             )
         self.threshold = float(threshold)
-        self.last_stat = np.empty(0)
+        self.last_logodds = np.empty(0)
         super().__init__()
 
     def _fields(self):
@@ -397,7 +397,7 @@ class BOCPD(ChangeDetector):
             self._kap, self._cst, self._coef, self._alp, math.log(self.hazard), math.log1p(-self.hazard),
             self.beta0, self.recent, self.min_gap, self.threshold, out, stat,
         )
-        self.last_stat = stat  # alarm log-odds per row of the last batch (NaN when not armed)
+        self.last_logodds = stat  # alarm log-odds per row of the last batch (NaN when not armed)
         return out
 
 
