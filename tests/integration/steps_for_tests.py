@@ -13,3 +13,15 @@ def slower(batch):
     """Slow enough that a second worker joins while the first is still busy."""
     time.sleep(0.3)
     return batch
+
+
+def marked(batch):
+    """Count the batches in the file ``$TIDAL_TEST_MARK``, then take 0.3 s: a test that sees the
+    count rise kills the worker inside a step, outside any open transaction."""
+    import os
+    from pathlib import Path
+
+    mark = Path(os.environ["TIDAL_TEST_MARK"])
+    mark.write_text(str(int(mark.read_text() or 0) + 1) if mark.exists() else "1")
+    time.sleep(0.3)
+    return batch

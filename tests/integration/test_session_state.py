@@ -1,10 +1,16 @@
 """Session windows with distinct counts, state in RocksDB: kill -9 a worker mid-stream (exactly-once
-mode), restart it, and every output equals an uninterrupted in-process run over the same events."""
+mode), restart it, and every output equals an uninterrupted in-process run over the same events.
+
+The kill lands inside a step, between transactions: the embedded broker shows the records of an
+aborted transaction to read_committed readers (a known quirk), so a kill inside an open
+transaction would show its records twice here though Apache Kafka hides them. The aborted
+transaction itself is covered in test_worker_failures."""
 
 from __future__ import annotations
 
 import json
 import signal
+import time
 from collections import defaultdict
 
 import numpy as np
@@ -51,9 +57,17 @@ def uninterrupted(settings, name) -> tuple[dict[int, tuple], set[int]]:
     return out, late
 
 
-def test_kill_9_mid_stream_then_restart_gives_the_uninterrupted_sessions(settings, name, tmp_path):
+def kill_inside_a_step(worker, mark) -> None:
+    """SIGKILL ``worker`` just after its step began a batch (it then sleeps 0.3 s)."""
+    seen, deadline = mark.read_text(), time.monotonic() + 30
+    while mark.read_text() == seen and time.monotonic() < deadline:
+        time.sleep(0.005)
+    worker.send_signal(signal.SIGKILL)
+
+
+def test_kill_9_mid_stream_then_restart_gives_the_uninterrupted_sessions(settings, name, tmp_path, monkeypatch):
     spec = {"pipeline": name, "schema": {"id": "int", "user": "str", "page": "str", "amount": "float", "ts": "int"},
-            "steps": [{"session": SESSION}, {"python": "integration.steps_for_tests:slower"}],
+            "steps": [{"session": SESSION}, {"python": "integration.steps_for_tests:marked"}],
             "state": {"backend": "rocksdb", "path": str(tmp_path / "state")},
             "batch": {"max_batch": 200, "max_wait_ms": 20}, "exactly_once": True}  # 0.3 s a batch
     path = tmp_path / "pipeline.yaml"
@@ -63,9 +77,11 @@ def test_kill_9_mid_stream_then_restart_gives_the_uninterrupted_sessions(setting
     rows = events()
     produce(settings, f"{name}.events", [orjson.dumps(r) for r in rows], keys=[r["user"].encode() for r in rows])
 
+    mark = tmp_path / "batches"
+    monkeypatch.setenv("TIDAL_TEST_MARK", str(mark))
     worker = start(settings, path)
     wait_for(settings, [(f"{name}.predictions", 4)], 500, timeout=60)
-    worker.send_signal(signal.SIGKILL)  # mid-stream: an open transaction, state written but not committed
+    kill_inside_a_step(worker, mark)  # mid-stream: state changed in memory, not yet in the changelog
     worker.wait(10)
     restarted = start(settings, path, "--idle-exit", "3", "--stats-file", str(tmp_path / "stats.json"))
     assert restarted.wait(120) == 0
