@@ -8,8 +8,8 @@ return, per row, -1 or the start index of a detected change.
 Which detector when
 -------------------
 ``default``
-    Max of the anomaly likelihoods of ``context``, ``knn`` and ``seasonal``:
-    use it unless you know better.
+    Max of ``knn`` and the anomaly likelihoods of ``context``, ``seasonal``
+    and ``flatline``: use it unless you know better.
 ``gaussian``
     Windowed z-score; cheap baseline for iid noise with spikes.
 ``context``
@@ -19,6 +19,8 @@ Which detector when
 ``seasonal``
     Series with daily/weekly patterns and ``times``; catches a normal value
     at an abnormal hour.
+``flatline``
+    Runs of repeated values longer than the key usually has (stuck sensors).
 ``<name>+likelihood``
     Any detector with HTM anomaly-likelihood post-processing: fewer false
     alarms on noisy raw scores.
@@ -27,9 +29,8 @@ Which detector when
     rate (``expected_run_length``); :class:`BOCPDDrift` is a River-style
     drift-detector adapter.
 
-State per key (bytes, ``state_nbytes_per_key()``, which includes 200 bytes
-for the key dict) for default parameters: see the table in
-``docs`` of each class or call the method.
+State per key in bytes: ``state_nbytes_per_key()`` (it includes 200 bytes for
+the key table).
 """
 
 from __future__ import annotations
@@ -65,24 +66,31 @@ __all__ = [
 
 
 class DefaultDetector(EnsembleDetector):
-    """Default series detector: max of the anomaly likelihoods of ``gaussian``,
-    ``knn``, ``seasonal``, ``context`` and ``flatline``.
+    """Default series detector: the maximum of the k-NN conformal score (already a calibrated
+    p-value over lagged windows) and the anomaly likelihoods of the ``context``, ``seasonal`` and
+    ``flatline`` detectors (their raw scores are not calibrated; the likelihood puts them on the
+    same tail-probability scale).
+
+    k-NN covers spikes, dips, level shifts and changed shapes; ``seasonal`` values normal at
+    another hour; ``context`` unseen sequences; ``flatline`` stuck sensors. A Gaussian member
+    added nothing k-NN did not catch and raised false alarms (measured in
+    ``bench/detect_bench.py``).
 
     Parameters
     ----------
     combine
-        ``"max"`` (default) or ``"mean"`` of the members' likelihood scores.
+        ``"max"`` (default) or ``"mean"`` of the members' scores.
     probation, long_window, short_window
-        Passed to each member's :class:`AnomalyLikelihood`.
+        Passed to each :class:`AnomalyLikelihood` (HTM's short window of 10).
     """
 
-    def __init__(self, combine: str = "max", probation: int = 150, long_window: int = 2000, short_window: int = 3) -> None:
+    def __init__(self, combine: str = "max", probation: int = 150, long_window: int = 2000,
+                 short_window: int = 10) -> None:
         lk = dict(probation=probation, long_window=long_window, short_window=short_window)
         members = [
-            AnomalyLikelihood(GaussianDetector(), **lk),
-            AnomalyLikelihood(KNNDetector(), **lk),
-            AnomalyLikelihood(SeasonalDetector(), **lk),
+            KNNDetector(),
             AnomalyLikelihood(ContextDetector(), **lk),
+            AnomalyLikelihood(SeasonalDetector(), **lk),
             AnomalyLikelihood(FlatlineDetector(), **lk),
         ]
         super().__init__(members, combine=combine)

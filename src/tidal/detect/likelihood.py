@@ -76,8 +76,7 @@ class AnomalyLikelihood(SeriesDetector):
     inner
         The raw scorer.
     short_window
-        Moving average of recent raw scores (HTM uses 10; 3 keeps single
-        spikes visible and scored better on our NAB-style checks).
+        Moving average of recent raw scores (HTM's 10).
     long_window
         Effective memory of the raw-score distribution (EW mean/variance).
     probation
@@ -89,7 +88,7 @@ class AnomalyLikelihood(SeriesDetector):
     def __init__(
         self,
         inner: SeriesDetector,
-        short_window: int = 3,
+        short_window: int = 10,
         long_window: int = 2000,
         probation: int = 150,
         min_std: float = 0.05,

@@ -3,7 +3,7 @@
 ``- anomaly: {field: cpu, key: host, time_field: ts}`` scores each event's ``field`` against
 its own key's history (:func:`~tidal.detect.make_detector`, ``default`` unless ``detector``
 says otherwise) and adds ``anomaly_score`` (in [0, 1]) and ``anomaly``: the score at or above
-``threshold`` (default 0.99, an anomaly likelihood of 99%), or, with ``alert_rate``, at or
+``threshold`` (default 0.999: a tail probability of 1e-3 for the k-NN member, smaller for the likelihood ones), or, with ``alert_rate``, at or
 above the ``1 - alert_rate`` quantile of the recent scores (and at least ``min_score``).
 With ``change: true`` (or ``change: {expected_run_length: 20000}``) BOCPD runs beside it and
 adds ``change`` (an alarm on this event) and ``change_start`` (where that key's change
@@ -64,7 +64,7 @@ class SeriesAnomalyStep(Step):
     """Per-key series anomaly scores (and change points) for ``field``; see the module docstring."""
 
     def __init__(self, field: str, key: str | None = None, time_field: str | None = None,
-                 detector: str = "default", change: bool | dict = False, threshold: float = 0.99,
+                 detector: str = "default", change: bool | dict = False, threshold: float = 0.999,
                  alert_rate: float | None = None, min_score: float = 0.5, threshold_window: int = 20_000,
                  alert_cooldown_s: float = 300.0, alerts: bool = True, snapshot_every: int = 64,
                  score_column: str = "anomaly_score", flag_column: str = "anomaly", name: str | None = None,
