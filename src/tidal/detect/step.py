@@ -3,8 +3,8 @@
 ``- anomaly: {field: cpu, key: host, time_field: ts}`` scores each event's ``field`` against
 its own key's history (:func:`~tidal.detect.make_detector`, ``default`` unless ``detector``
 says otherwise) and adds ``anomaly_score`` (in [0, 1]) and ``anomaly``: the score at or above
-``threshold`` (default 0.999: a tail probability of 1e-3 for the k-NN member, smaller for the likelihood ones), or, with ``alert_rate``, at or
-above the ``1 - alert_rate`` quantile of the recent scores (and at least ``min_score``).
+``threshold`` (default 0.999: a tail probability of 1e-3 for the k-NN member, smaller for the
+likelihood ones), or, with ``alert_rate``, at or above the ``1 - alert_rate`` quantile of the recent scores (and at least ``min_score``).
 With ``change: true`` (or ``change: {expected_run_length: 20000}``) BOCPD runs beside it and
 adds ``change`` (an alarm on this event) and ``change_start`` (where that key's change
 began, as a count of the key's events; -1 without an alarm).
