@@ -235,7 +235,60 @@ def score_series(factory, s) -> np.ndarray:
     out = np.empty(len(s.values))
     for i in range(0, len(s.values), BATCH):
         sl = slice(i, i + BATCH)
-        out[sl] = det.score_many(keys[sl], s.values[sl], s.times[sl])
+        out[sl] = det.score_many(keys[sl], s.values[sl], None if s.times is None else s.times[sl])
+    return out
+
+
+def real_eval(sf: dict, cf: dict, nab_res: dict, log) -> dict:
+    """The few real labelled series that offline pip packages ship (``bench/detectlib/realdata.py``;
+    skipped when the packages are missing). Anomaly series: NAB standard score at the threshold
+    each detector got on the generated suite (transferred, not re-optimised on the real series),
+    plus whether any alarm fell in the label window. Change series: TCPD F1 / cover (margin 5)."""
+    from bench.detectlib import realdata
+    out: dict = {"anomaly": {}, "change": {}}
+    an, ch = realdata.anomaly_series(), None
+    miss = realdata.missing()
+    ch = realdata.change_series()
+    miss += realdata.missing()
+    out["missing"] = miss
+    if miss:
+        log(f"  real data missing: {miss}")
+    for s in an:
+        c = nab.Series.build(len(s.values), s.labels)
+        per: dict = {}
+        for lab, (fac, kind) in sf.items():
+            r = nab_res.get(lab, {})
+            if "standard" not in r:
+                continue
+            th = r["standard"]["threshold"]
+            try:
+                sc = score_series(fac, s)
+            except Exception as e:  # noqa: BLE001
+                per[lab] = {"error": f"{type(e).__name__}: {e}"}
+                continue
+            det = sc >= th
+            det[:c.prob] = False
+            hit = any(bool(det[a:b + 1].any()) for a, b in c.wins)
+            fp = int(det.sum() - sum(det[a:b + 1].sum() for a, b in c.wins))
+            per[lab] = {"nab_standard": round(nab.normalised([c], [sc], th, nab.PROFILES["standard"]), 1),
+                        "threshold": th, "hit": hit, "alarms_outside_windows": fp}
+            if lab == "tidal:default":  # also at the series step's own flag threshold
+                per[lab]["nab_standard_at_0.999"] = round(nab.normalised([c], [sc], 0.999, nab.PROFILES["standard"]), 1)
+        out["anomaly"][s.name] = {"source": s.source, "n": len(s.values), "labels": s.labels, "detectors": per}
+        log(f"  {s.name}: " + ", ".join(f"{k} hit={v.get('hit')} fp={v.get('alarms_outside_windows')}"
+                                         for k, v in per.items() if k.startswith("tidal:default") or k == "windowed-gaussian"))
+    for lab, fac in cf.items():
+        per = {}
+        for s in ch:
+            det = fac()
+            keys = np.zeros(len(s.values), dtype=np.int64)
+            pred = sorted({int(x) for x in det.update_many(keys, s.values, None) if x >= 0})
+            per[s.name] = {"f1": tcpd.f_measure({"0": s.change_points}, pred, 5, n=len(s.values)),
+                           "cover": tcpd.covering({"0": s.change_points}, pred, len(s.values)), "n_cp": len(pred)}
+        if per:
+            out["change"][lab] = {"f1": float(np.mean([v["f1"] for v in per.values()])),
+                                  "cover": float(np.mean([v["cover"] for v in per.values()])), "series": per}
+            log(f"  real change {lab}: F1 {out['change'][lab]['f1']:.3f}")
     return out
 
 
@@ -395,6 +448,30 @@ def table(out: dict) -> str:
     return "\n".join(lines)
 
 
+def real_table(real: dict) -> str:
+    if "error" in real:
+        return f"real series: skipped ({real['error']})"
+    lines = []
+    for name, r in real.get("anomaly", {}).items():
+        lines += [f"Real anomaly series {name} ({r['n']} points, labels at {r['labels']}; threshold from the generated suite):", "",
+                  "| detector | NAB standard | hit | alarms outside windows |", "|---|---:|---|---:|"]
+        for lab, v in r["detectors"].items():
+            if "error" not in v:
+                lines.append(f"| {lab} | {v['nab_standard']:.1f} | {v['hit']} | {v['alarms_outside_windows']} |")
+        lines.append("")
+    if real.get("change"):
+        names = list(next(iter(real["change"].values()))["series"])
+        lines += [f"Real change series ({', '.join(names)}), TCPD margin 5:", "",
+                  "| detector | F1 | cover | " + " | ".join(f"{n} CPs found" for n in names) + " |",
+                  "|---|---:|---:|" + "---:|" * len(names)]
+        for lab, v in real["change"].items():
+            lines.append(f"| {lab} | {v['f1']:.3f} | {v['cover']:.3f} | "
+                         + " | ".join(str(v["series"][n]["n_cp"]) for n in names) + " |")
+    if real.get("missing"):
+        lines.append(f"\nmissing: {real['missing']}")
+    return "\n".join(lines)
+
+
 def checks(out: dict) -> list[tuple[str, bool | None, str]]:
     nabr, cp, tp = out["nab"], out["tcpd"], out["throughput"]
     res = []
@@ -468,6 +545,12 @@ def main(argv=None) -> int:
         if lab.startswith("tidal-cp:"):
             tp[lab] = throughput(fac, 1000, per_key, budget_s=2.0 if args.quick else 8.0)
             log(f"  {lab}: {tp[lab]}")
+    log("real labelled series (offline packages)")
+    try:
+        real = real_eval(sf, cf, nab_res, log)
+    except Exception as e:  # noqa: BLE001
+        real = {"error": f"{type(e).__name__}: {e}"}
+        log(f"  real data skipped: {real['error']}")
     st10: dict = {}
     for lab, (fac, kind) in sf.items():
         if kind == "tidal" and lab == "tidal:default":
@@ -498,12 +581,12 @@ def main(argv=None) -> int:
             "suite": {"series": len(suite), "points": int(sum(len(s.values) for s in suite)),
                       "anomalies": int(sum(len(s.labels) for s in suite))},
         },
-        "nab": nab_res, "tcpd": cp_res, "throughput": tp, "state_10k": st10, "plots": plots,
+        "nab": nab_res, "tcpd": cp_res, "real": real, "throughput": tp, "state_10k": st10, "plots": plots,
     }
     out["checks"] = [{"check": c, "pass": p, "detail": d} for c, p, d in checks(out)]
     out["seconds"] = round(time.perf_counter() - t_start, 1)
     md = table(out)
-    lines = [md, ""] + [f"{'PASS' if c['pass'] else ('FAIL' if c['pass'] is False else 'SKIP')} {c['check']}: {c['detail']}"
+    lines = [md, "", real_table(real), ""] + [f"{'PASS' if c['pass'] else ('FAIL' if c['pass'] is False else 'SKIP')} {c['check']}: {c['detail']}"
                         for c in out["checks"]]
     text = "\n".join(lines)
     print("\n" + text)

@@ -18,6 +18,9 @@ def test_accuracy_recovers_after_the_regime_change(settings):
     assert s["recovered"] and s["accuracy_final"] >= s["accuracy_before_change"] - 0.05  # ...and is recovered from
     assert 0 <= s["concept_drift_delay_events"] < 1000 and 0 <= s["data_drift_delay_events"] < 1500
     assert s["false_alarms_before_change"] == 0
+    # the fleet's pressure series (BOCPD, no labels) sees the new regime first, and not before it
+    assert 0 <= s["series_change_delay_events"] < 200 and s["series_false_changes_before_change"] == 0
+    assert abs(s["series_changes"][0]["start_event"] - s["change_at"]) <= 5
     assert s["promoted_versions"] and set(s["versions_served_from_event"]) >= {"1", str(s["promoted_versions"][0])}
     assert s["versions_served_from_event"][str(s["promoted_versions"][0])] > s["change_at"]
     assert not s["person_acted"]

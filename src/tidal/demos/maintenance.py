@@ -4,7 +4,9 @@
    machines whose wear shows in other sensors; produce the first part (history) and its labels;
 2. ``tidal train``: replay the history from Kafka, train LightGBM, register it as v1 and make it
    the champion (which deploys it on ``tidal.models``);
-3. start two workers: the scoring pipeline (``DeployedScoreStep``: follows ``tidal.models``) and
+3. start two workers: the scoring pipeline (a fleet-wide series change detector on pressure,
+   ``SeriesAnomalyStep(change=True)``: BOCPD, which says when the fleet's readings changed
+   regime before any label arrives; then ``DeployedScoreStep``: follows ``tidal.models``) and
    the monitor (labels join → ``DriftStep``: data drift on the sensors, ADWIN on each version's
    errors → ``RetrainStep``: on concept drift, retrain on the readings since the change,
    challenger vs champion on the newest of them, promote if better by 2 points);
@@ -125,6 +127,8 @@ class _Prediction(msgspec.Struct):
     event_id: str
     decision: bool
     model_version: str
+    change: bool = False
+    change_start: int = -1
 
 
 class _Tracker:
@@ -140,6 +144,7 @@ class _Tracker:
         self.ids: list[int] = []
         self.decisions: list[bool] = []
         self.versions: list[str] = []
+        self.changes: list[tuple[int, int]] = []  # (event index of the alarm, the change's start in the stream)
         self.alerts: list[dict[str, Any]] = []
         self._decode = msgspec.json.Decoder(_Prediction).decode
 
@@ -154,6 +159,8 @@ class _Tracker:
                 self.ids.append(int(p.event_id.rsplit("-", 1)[1]))
                 self.decisions.append(p.decision)
                 self.versions.append(p.model_version)
+                if p.change:
+                    self.changes.append((self.ids[-1], p.change_start))
             else:
                 event = orjson.loads(m.value())
                 if event.get("pipeline") in self.pipelines:
@@ -203,7 +210,11 @@ def run_demo(settings: KafkaSettings | None = None, events: int = 60_000, seed: 
         topics = PipelineTopics(name)
         work = tidal_home() / "demo" / name
         registry = Registry(work / "registry", KafkaPublisher(settings))
-        serving = Pipeline(name, schema=SCHEMA, steps=[DeployedScoreStep(name, registry=registry)], partitions=1,
+        from tidal.detect.step import SeriesAnomalyStep
+
+        fleet = SeriesAnomalyStep("pressure", change=True, name="fleet_pressure", score_column="pressure_score",
+                                  flag_column="pressure_anomaly")
+        serving = Pipeline(name, schema=SCHEMA, steps=[fleet, DeployedScoreStep(name, registry=registry)], partitions=1,
                            max_batch=5000, max_wait_ms=20)
         drift = DriftStep(FEATURES + ["machine_type"], ["machine_type"], reference_size=3000, window=1000)
         retrain = RetrainStep(registry, name, FEATURES, kind="lightgbm", min_rows=min_rows, holdout=0.25, margin=0.02)
@@ -305,6 +316,8 @@ def _summarise(gen, tracker: _Tracker, n_hist: int, trained, retrain, drift, reg
         at = int(eid.rsplit("-", 1)[1]) if eid else None
         alarms.append({"type": e.get("type"), "at_event": at, "delay_events": at - change if at is not None else None,
                        "version": e.get("version"), "message": e.get("message")})
+    # the fleet series counts its events from the first live one (index n_hist)
+    changes = [{"at_event": at, "delay_events": at - change, "start_event": n_hist + start} for at, start in tracker.changes]
     promoted = [h for h in retrain.history if h["outcome"] == "promoted"]
     first_served = {}
     for v in dict.fromkeys(versions.tolist()):
@@ -322,6 +335,9 @@ def _summarise(gen, tracker: _Tracker, n_hist: int, trained, retrain, drift, reg
                                             and a["delay_events"] is not None and a["delay_events"] >= 0), None),
         "data_drift_delay_events": next((a["delay_events"] for a in alarms if a["type"] == "data_drift"
                                          and a["delay_events"] is not None and a["delay_events"] >= 0), None),
+        "series_changes": changes,
+        "series_change_delay_events": next((c["delay_events"] for c in changes if c["delay_events"] >= 0), None),
+        "series_false_changes_before_change": sum(1 for c in changes if c["delay_events"] < 0),
         "false_alarms_before_change": sum(1 for a in alarms if a["delay_events"] is not None and a["delay_events"] < 0),
         "retrains": retrain.history, "promoted_versions": [h.get("version") for h in promoted],
         "versions_served_from_event": first_served, "retrain_min_rows": min_rows,
@@ -351,6 +367,9 @@ def _print(console: Console, s: dict[str, Any]) -> None:
         ("data drift alarm", f"{s['data_drift_delay_events']} readings after the change"),
         ("concept drift alarm", f"{s['concept_drift_delay_events']} readings after the change"),
         ("false alarms before the change", str(s["false_alarms_before_change"])),
+        ("fleet pressure change (BOCPD, no labels)",
+         f"{s['series_change_delay_events']} readings after the change; "
+         f"{s['series_false_changes_before_change']} false before it"),
         ("retraining", "; ".join(f"{h['outcome']} ({h['metric']} {h['challenger']:.3f} vs champion "
                                  f"{h['champion'] if h['champion'] is None else round(h['champion'], 3)})"
                                  for h in s["retrains"] if h["challenger"] is not None) or "none"),
