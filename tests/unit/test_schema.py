@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tidal.quality.schema import Field, RecordError, Schema
+from tidal.stream.schema import INT64
 
 
 @pytest.fixture
@@ -136,10 +137,24 @@ def test_field_defaults():
     f = Field("x")
     assert (f.type, f.required) == ("float", True)
     assert f.python_type is float
-    assert Field("x", "int", required=False).python_type == (int | None)
+    assert Field("x", "int", required=False).python_type == (INT64 | None)  # int is int64: 10**23 is wrong_type
 
 
 def test_batch_decoder_decodes_a_json_array(schema):
     rows = schema.batch_decoder.decode(b"[" + GOOD + b"," + GOOD + b"]")
     assert len(rows) == 2
     assert rows[1].name == "m1" and rows[1].count == 3
+
+
+def test_integers_beyond_int64_are_wrong_type_for_that_record_only():
+    from tidal.quality.rules import ValidateStep
+    from tidal.stream.decode import decode_values
+    from tidal.stream.pipeline import Pipeline
+
+    s = Schema.from_dict({"a": "int"})
+    b = decode_values([b'{"a":1}', b'{"a":100000000000000000000000}', b'{"a":-3}'], s)
+    assert b.column("a").tolist() == [1, -3] and [r.reason for r in b.rejected] == ["wrong_type"]
+    lenient = Schema.from_dict({"a": {"type": "int", "coerce": True}})  # coerced strings and floats too
+    out, rejects = Pipeline("x", schema=lenient, steps=[ValidateStep(lenient)]).test(
+        [b'{"a":"5"}', b'{"a":"1e30"}', b'{"a":1e300}', b'{"a":7}'])
+    assert len(out) == 2 and [r.reason for r in rejects] == ["wrong_type", "wrong_type"]

@@ -9,12 +9,16 @@ which their state next closes, so closed windows of *every* key — quiet ones t
 store (a changelog tombstone once nothing is left) when the watermark passes them.
 
 Event time comes from ``time_field`` (epoch ms) or the Kafka timestamp; a partition's
-watermark is the largest event time it has accepted, kept in its store beside the keys.
+watermark is the largest event time it has accepted, kept in its store beside the keys. An
+event more than ``max_future_s`` (default 300 s; None: no check) ahead of the worker's clock,
+or without a time, goes to the DLQ as ``future_event`` before it can touch the watermark:
+one event dated 2100 would otherwise make every later event late and close every window.
 """
 
 from __future__ import annotations
 
 import heapq
+import time
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -79,7 +83,8 @@ class KeyedAggregate(Step):
 
     def __init__(self, key: str, aggs: Mapping[str, Any] | Sequence[Agg], time_field: str | None = None,
                  lateness_s: float = 0.0, late: str = "dlq", name: str = "window",
-                 state_backend: str | None = None, state_path: str | None = None) -> None:
+                 state_backend: str | None = None, state_path: str | None = None,
+                 max_future_s: float | None = 300.0) -> None:
         if late not in ("dlq", "drop"):
             raise ValueError("late must be 'dlq' or 'drop'")
         if state_backend is not None and state_backend not in BACKENDS:
@@ -90,7 +95,8 @@ class KeyedAggregate(Step):
         self.name = self.state_name = name
         self.state_backend, self.state_path = state_backend, state_path
         self._store: StateStore | None = None
-        self.late_events = 0
+        self.late_events = self.future_events = 0
+        self.max_future_ms = None if max_future_s is None else int(max_future_s * 1000)
         self._indexes: dict[int, ExpiryIndex] = {}
 
     @property
@@ -146,7 +152,18 @@ class KeyedAggregate(Step):
             self.state_store = StateStore(self.name, backend=self.backend, path=self.state_path)
         store = self._store
         n = len(batch)
-        times = (batch.column(self.time_field).astype(np.int64) if self.time_field else batch.timestamps).tolist()
+        times_ms = batch.column(self.time_field) if self.time_field else batch.timestamps
+        future = np.zeros(n, dtype=bool)
+        if self.max_future_ms is not None and n:  # an event from the future must not move the watermark
+            future = ~(times_ms <= time.time() * 1000 + self.max_future_ms)  # NaN times too
+            if future.any():
+                self.future_events += int(future.sum())
+                batch = batch.reject(future, "future_event", f"event time more than {self.max_future_ms / 1000:g}s "
+                                     "ahead of this worker's clock (max_future_s)", self.name)
+                if not len(batch):
+                    return batch
+                times_ms, n = times_ms[~future], len(batch)
+        times = times_ms.astype(np.int64).tolist()
         keys = [str(k) for k in batch.column(self.key).tolist()]
         cols = self.agg.columns(batch.column)
         late = np.zeros(n, dtype=bool)

@@ -388,6 +388,7 @@ def normalize_field(f: Field, raw: Sequence[Any], unit_values: Sequence[Any] | N
         changed |= (status == OK) & (converted != col)
         col = converted
     if f.type == "int":
+        status[(status == OK) & ~(np.abs(col) < 2.0**63)] = BAD  # beyond int64 (and inf): not an int here
         frac = (status == OK) & (col != np.round(col))
         if f.coerce or f.unit:
             col = np.where(frac, np.round(col), col)

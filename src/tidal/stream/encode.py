@@ -12,6 +12,7 @@ no record is parsed or re-encoded field by field.
 
 from __future__ import annotations
 
+import hashlib
 from itertools import repeat
 from typing import Any
 
@@ -20,7 +21,7 @@ import orjson
 
 from tidal.stream.batch import Batch, Reject
 
-__all__ = ["encode_outputs", "dlq_headers", "column_fragments"]
+__all__ = ["encode_outputs", "dlq_headers", "column_fragments", "fit_dead_letter", "produce_error_headers"]
 
 
 def column_fragments(values: np.ndarray | list[Any]) -> list[bytes]:
@@ -82,4 +83,32 @@ def dlq_headers(r: Reject, pipeline: str) -> list[tuple[str, bytes]]:
         ("tidal.source.partition", str(r.partition).encode()),
         ("tidal.source.offset", str(r.offset).encode()),
         ("tidal.source.timestamp", str(r.timestamp).encode()),
+    ]
+
+
+def produce_error_headers(pipeline: str, topic: str, error: str) -> list[tuple[str, bytes]]:
+    """Headers of a dead letter for a record the client refused to produce to ``topic``."""
+    return [
+        ("tidal.error.reason", b"produce_error"),
+        ("tidal.error.message", f"producing to {topic}: {error}".encode("utf-8", "replace")[:4096]),
+        ("tidal.error.step", b"produce"),
+        ("tidal.pipeline", pipeline.encode()),
+    ]
+
+
+def fit_dead_letter(value: bytes | None, headers: list[tuple[str, bytes]], limit: int
+                    ) -> tuple[bytes | None, list[tuple[str, bytes]]]:
+    """``value`` cut to ``limit`` bytes when longer, with its original size and sha256 in headers
+    (``tidal.error.original_size``, ``tidal.error.sha256``, ``tidal.error.truncated``).
+
+    >>> v, h = fit_dead_letter(b"x" * 10, [], 4)
+    >>> v, dict(h)["tidal.error.original_size"]
+    (b'xxxx', b'10')
+    """
+    if value is None or len(value) <= limit:
+        return value, headers
+    return value[:limit], headers + [
+        ("tidal.error.original_size", str(len(value)).encode()),
+        ("tidal.error.sha256", hashlib.sha256(value).hexdigest().encode()),
+        ("tidal.error.truncated", b"true"),
     ]

@@ -31,13 +31,14 @@ from __future__ import annotations
 import weakref
 from dataclasses import dataclass, fields as dc_fields
 from functools import cached_property
-from typing import Any, Mapping
+from typing import Annotated, Any, Mapping
 
 import msgspec
 
 __all__ = ["Field", "Schema", "RecordError", "TYPES", "RULES", "POLICIES", "schema_of"]
 
-TYPES: dict[str, type] = {"float": float, "int": int, "str": str, "bool": bool}
+INT64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]  # JSON ints are unbounded; numpy's are not
+TYPES: dict[str, Any] = {"float": float, "int": INT64, "str": str, "bool": bool}
 RULES = ("missing", "null", "type", "range", "enum", "pattern")
 POLICIES = ("reject", "fix", "flag")
 _SCHEMAS: "weakref.WeakKeyDictionary[type, Schema]" = weakref.WeakKeyDictionary()

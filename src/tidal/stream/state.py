@@ -32,8 +32,10 @@ for the step that owns them to revive (:func:`opaque_bytes`).
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import time
+import zlib
 from typing import Any, Iterator
 
 import orjson
@@ -149,6 +151,8 @@ class StateStore:
         self.changelog = changelog or f"{name}.changelog"
         self.partitions: dict[int, Any] = {}
         self._root: Any = None
+        self._chunked: dict[tuple[int, str], tuple[str, int]] = {}  # (p, key) -> chunks of its last value
+        self._generation = 0
         self.use_backend(backend, path)
 
     def use_backend(self, backend: str, path: str | None = None) -> None:
@@ -177,6 +181,8 @@ class StateStore:
 
     def drop(self, p: int) -> None:
         part = self.partitions.pop(p, None)
+        for key in [k for k in self._chunked if k[0] == p]:
+            del self._chunked[key]
         if part is not None:
             part.close(destroy=True)
 
@@ -197,14 +203,48 @@ class StateStore:
             for key, value in part.take_dirty():
                 yield p, key, value
 
-    def changelog_records(self, stamps: dict[int, Any]) -> list[tuple[int, bytes, bytes]]:
+    def changelog_records(self, stamps: dict[int, Any]) -> list[tuple[int, bytes, bytes | None]]:
         """(partition, key, value) to produce; ``stamps[p]`` is the batch's next source offset
-        (one source topic), or ``{topic: next offset}`` of the topics the batch read (several)."""
-        out = []
+        (one source topic), or ``{topic: next offset}`` of the topics the batch read (several).
+
+        A value whose record is over :data:`CHUNK_BYTES` is compressed and, if still too big,
+        written as chunks (see :func:`chunk_record`), so no state value is ever too large to produce."""
+        out: list[tuple[int, bytes, bytes | None]] = []
         for p, key, value in self.take_changes():
-            record = {"o": stamps.get(p, -1), "d": 1} if value is DELETED else {"o": stamps.get(p, -1), "v": value}
-            out.append((p, key.encode(), encode_value(record)))
+            stamp = stamps.get(p, -1)
+            record = encode_value({"o": stamp, "d": 1} if value is DELETED else {"o": stamp, "v": value})
+            old = self._chunked.pop((p, key), None)
+            if len(record) > CHUNK_BYTES:
+                self._generation += 1
+                gen = f"{int(time.time() * 1000)}.{self._generation}"
+                recs = chunk_record(key, stamp, record, gen)
+                out.extend((p, k, v) for k, v in recs)
+                self._chunked[(p, key)] = (gen, len(recs) - 1)
+            else:
+                out.append((p, key.encode(), record))
+            if old is not None:  # the previous value's chunks: tombstones, after the new value
+                out.extend((p, chunk_key(key, old[0], i), None) for i in range(old[1]))
         return out
+
+
+CHUNK_BYTES = 256 * 1024  # a changelog value over this is compressed, then split into chunks of at most this
+_CHUNK = "\x00z"
+
+
+def chunk_key(key: str, gen: str, i: int) -> bytes:
+    return f"{key}{_CHUNK}{gen}:{i}".encode()
+
+
+def chunk_record(key: str, stamp: Any, record: bytes, gen: str) -> list[tuple[bytes, bytes]]:
+    """A large changelog record as zlib-compressed chunks (keys ``<key>\\x00z<gen>:<i>``), then
+    the key's own record ``{"o": stamp, "z": [gen, n, sha256]}`` naming them. Chunks come first
+    on the same partition, so a restore has them when it reads the key's record; generations
+    make a newer value's chunks never overwrite (under compaction) an older one's."""
+    data = zlib.compress(record, 1)
+    parts = [data[i:i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES)] or [b""]
+    out = [(chunk_key(key, gen, i), part) for i, part in enumerate(parts)]
+    head = orjson.dumps({"o": stamp, "z": [gen, len(parts), hashlib.sha256(data).hexdigest()]})
+    return out + [(key.encode(), head)]
 
 
 def _uncommitted(stamp: Any, committed: Any) -> bool:
@@ -215,19 +255,43 @@ def _uncommitted(stamp: Any, committed: Any) -> bool:
     return stamp > (max(committed.values(), default=-1) if isinstance(committed, dict) else committed)
 
 
-def apply_record(part: Any, key: bytes, value: bytes | None, committed: Any) -> bool:
+def apply_record(part: Any, key: bytes, value: bytes | None, committed: Any,
+                 chunks: dict[bytes, bytes] | None = None, chunked: dict[str, tuple[str, int]] | None = None) -> bool:
     """Apply one changelog record to a partition being restored; False if skipped.
 
     A record stamped past ``committed`` (the source partition's committed offset, -1 if none;
     ``{topic: offset}`` with several source topics) was written by a batch whose offsets never
-    committed, and is skipped.
+    committed, and is skipped. ``chunks`` collects the chunks of large values
+    (:func:`chunk_record`) until their key's record arrives; ``chunked`` notes, per key, the
+    chunks its value is in (so the next value can delete them).
     """
+    if _CHUNK.encode() in key:
+        if chunks is not None:
+            if value is None:
+                chunks.pop(key, None)
+            else:
+                chunks[key] = value
+        return False
     if value is None:  # a tombstone left by compaction tooling
         part.unload(key.decode())
         return False
     record = orjson.loads(value)
     if _uncommitted(record["o"], committed):
         return False
+    if "z" in record:
+        gen, n, digest = record["z"]
+        name = key.decode()
+        try:
+            data = b"".join((chunks or {}).pop(chunk_key(name, gen, i)) for i in range(n))
+        except KeyError:
+            raise RuntimeError(f"changelog value of {name!r} lacks chunks of generation {gen}") from None
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise RuntimeError(f"changelog value of {name!r}: chunks of generation {gen} do not match their checksum")
+        record = orjson.loads(zlib.decompress(data))
+        if chunked is not None:
+            chunked[name] = (gen, n)
+    elif chunked is not None:
+        chunked.pop(key.decode(), None)
     if record.get("d"):
         part.unload(key.decode())
     else:
@@ -247,10 +311,14 @@ def restore_partitions(settings: KafkaSettings, store: StateStore, committed: di
         return 0
     for p in committed:
         store.partition(p).clear()
+        for key in [k for k in store._chunked if k[0] == p]:
+            del store._chunked[key]
     c = Consumer(settings.client_config({"group.id": f"tidal.restore.{store.name}", "enable.auto.commit": False,
                                          "enable.partition.eof": True, "isolation.level": "read_committed",
                                          "log_level": 3}))
     applied = 0
+    chunks: dict[int, dict[bytes, bytes]] = {p: {} for p in committed}
+    chunked: dict[int, dict[str, tuple[str, int]]] = {p: {} for p in committed}
     try:
         c.assign([TopicPartition(store.changelog, p, 0) for p in committed])
         waiting = set(committed)
@@ -266,9 +334,10 @@ def restore_partitions(settings: KafkaSettings, store: StateStore, committed: di
                         waiting.discard(p)
                         continue
                     raise RuntimeError(f"restore {store.changelog}[{p}]: {err.str()}")
-                applied += apply_record(store.partitions[p], m.key(), m.value(), committed[p])
+                applied += apply_record(store.partitions[p], m.key(), m.value(), committed[p], chunks[p], chunked[p])
         for p in committed:
             store.partitions[p].flush()
+            store._chunked.update(((p, k), v) for k, v in chunked[p].items())
         return applied
     finally:
         c.close()

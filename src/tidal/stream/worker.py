@@ -48,7 +48,7 @@ from tidal.config import KafkaSettings
 from tidal.stream.batch import Batch, Reject
 from tidal.stream.context import SideOutputs, SideRecord, StepContext
 from tidal.stream.decode import decode_messages
-from tidal.stream.encode import dlq_headers, encode_outputs
+from tidal.stream.encode import dlq_headers, encode_outputs, fit_dead_letter, produce_error_headers
 from tidal.stream.hooks import WorkerHooks, default_hooks
 from tidal.stream.pipeline import Pipeline
 from tidal.stream.state import StateStore, restore_partitions
@@ -166,6 +166,16 @@ class Worker:
         self._last_input = float("inf")
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
+
+    @property
+    def _record_limit(self) -> int:
+        """The largest record value this worker produces: the producer's ``message.max.bytes``
+        less room for the key, headers and record overhead."""
+        limit = getattr(self, "_limit", None)
+        if limit is None:
+            conf = self._producer_config()
+            limit = self._limit = max(1024, int(conf.get("message.max.bytes", 1_000_000)) - 16 * 1024)
+        return limit
 
     @property
     def registry(self) -> Any:
@@ -402,6 +412,14 @@ class Worker:
         self._remember_positions(batch, offsets)
         batch = p.process(batch, self.hooks.step_seconds)
         outputs = encode_outputs(batch) if len(batch) else []
+        if outputs:
+            sizes = np.fromiter(map(len, outputs), np.int64, len(outputs))
+            big = sizes > self._record_limit
+            if big.any():  # to the DLQ, not a produce error that would stop the partition
+                batch = batch.reject(big, "too_large", [f"output record of {n:,} bytes is over the producer's "
+                                                        f"limit ({self._record_limit:,}; message.max.bytes)"
+                                                        for n in sizes.tolist()], "produce")
+                outputs = [o for o, b in zip(outputs, big.tolist()) if not b]
         unit = _Unit(offsets, outputs, batch.keys if outputs else [], batch.rejected, self._state_changes(offsets),
                      self.side.take(), msgs)
         self._deliver(unit)
@@ -488,23 +506,50 @@ class Worker:
         self._settle(wait=False)
 
     def _produce(self, unit: _Unit, cb: Callable | None) -> None:
-        """Queue the unit's records: state changes, sink outputs, rejects, side outputs."""
+        """Queue the unit's records: state changes, sink outputs, rejects, side outputs.
+
+        A record the client refuses (e.g. over ``message.max.bytes``) goes to the dead-letter
+        topic instead (``produce_error``), so one record never stops its partition."""
         produce = self.producer.produce
+        sink, outputs, keys = self.pipeline.sink, unit.outputs, unit.keys
+        failed: list[tuple[int, KafkaException]] = []
         try:
             for topic, q, key, value in unit.changes:  # state changelog: same delivery as the outputs
                 produce(topic, value, key, q, cb)
-            if cb is None:
-                list(map(produce, repeat(self.pipeline.sink), unit.outputs, unit.keys))
-            else:
-                list(map(produce, repeat(self.pipeline.sink), unit.outputs, unit.keys, repeat(-1), repeat(cb)))
+            i, n = 0, len(outputs)
+            while i < n:
+                try:
+                    for i in range(i, n):
+                        produce(sink, outputs[i], keys[i], -1, cb)
+                    break
+                except KafkaException as exc:
+                    failed.append((i, exc))
+                    i += 1
         except BufferError:
             # The queue is sized for several batches in flight, so this means a misconfiguration.
             # Stop without committing: the batch is re-read on restart.
             raise DeliveryFailed("producer queue full; raise queue.buffering.max.messages above max_batch") from None
+        name = self.pipeline.name
+        for i, exc in failed:
+            log.warning("output record refused by the client (to the DLQ): %s", exc)
+            self._dead_letter(outputs[i], keys[i], produce_error_headers(name, sink, str(exc)), cb)
         for r in unit.rejects:
-            self._retry_full(self.pipeline.dlq, r.value, r.key, dlq_headers(r, self.pipeline.name), cb)
+            self._dead_letter(r.value, r.key, dlq_headers(r, name), cb)
         for rec in unit.side:
-            self._retry_full(rec.topic, rec.value, rec.key, rec.headers, cb)
+            try:
+                self._retry_full(rec.topic, rec.value, rec.key, rec.headers, cb)
+            except KafkaException as exc:
+                log.warning("side output to %s refused by the client (to the DLQ): %s", rec.topic, exc)
+                self._dead_letter(rec.value, rec.key, produce_error_headers(name, rec.topic, str(exc)), cb)
+
+    def _dead_letter(self, value: bytes | None, key: Any, headers: list, cb: Callable | None) -> None:
+        """One dead letter, truncated to fit the producer's limit (original size and sha256 in
+        its headers); if the client still refuses it, the headers alone."""
+        value, headers = fit_dead_letter(value, headers, self._record_limit)
+        try:
+            self._retry_full(self.pipeline.dlq, value, key, headers, cb)
+        except KafkaException as exc:
+            self._retry_full(self.pipeline.dlq, None, None, headers + [("tidal.error.dlq", str(exc).encode()[:1024])], cb)
 
     def _retry_full(self, topic: str, value: bytes | None, key: Any, headers: Any, cb: Callable | None) -> None:
         while True:
