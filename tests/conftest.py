@@ -13,6 +13,9 @@ import pytest
 # Keep tidal's local state (broker.json, demo folders) out of the user's home.
 os.environ.setdefault("TIDAL_HOME", tempfile.mkdtemp(prefix="tidal-test-home-"))
 os.environ.pop("TIDAL_BOOTSTRAP_SERVERS", None)
+# Tests save models in their temporary folders: followers without a registry may load from there
+# (tests of the trust model narrow it again).
+os.environ.setdefault("TIDAL_MODEL_ROOTS", tempfile.gettempdir())
 # The embedded broker forms a consumer group in half the session timeout: 3 s instead of
 # tidal's 10 s default makes each of the suite's many group joins take ~1.5 s, not ~5 s. Every
 # client the tests start (in process through `settings`, or a `tidal` subprocess) reads these.

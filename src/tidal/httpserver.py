@@ -31,6 +31,8 @@ class HttpServer:
 
     thread_name = "tidal-http"
     graceful_s = 5.0
+    limit_concurrency = 512  # connections + requests in flight; over it uvicorn answers 503 at once
+    keep_alive_s = 5.0  # an idle keep-alive connection is closed after this
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> None:
         self.app, self.host, self.port, self.log_level = app, host, port, log_level
@@ -59,7 +61,9 @@ class HttpServer:
         self._socket = sock
         self._server = uvicorn.Server(uvicorn.Config(self.app, log_level=self.log_level, access_log=False,
                                                      lifespan="off", timeout_graceful_shutdown=self.graceful_s,
-                                                     backlog=1024))
+                                                     backlog=1024, limit_concurrency=self.limit_concurrency,
+                                                     timeout_keep_alive=self.keep_alive_s,
+                                                     h11_max_incomplete_event_size=64 * 1024))  # headers
         return sock
 
     def _starting(self) -> None:

@@ -301,3 +301,37 @@ def test_tidal_serve_command_serves_folders_and_registry_refs_and_stops_cleanly_
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
+
+
+def test_a_scikit_learn_classifier_answers_multi_row_infer(tmp_path):
+    """predict_proba(X)[:, 1] is a strided view: it must still serialise (it was a 500)."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(3)
+    X = rng.random((200, 2))
+    save_model(LogisticRegression().fit(X, X[:, 0] > 0.5), tmp_path / "lr", "lr", 1, ["x", "y"])
+    repo = ModelRepository()
+    repo.add_folder(tmp_path / "lr")
+    body = {"inputs": [{"name": "x", "shape": [3], "datatype": "FP64", "data": [0.1, 0.6, 0.9]},
+                       {"name": "y", "shape": [3], "datatype": "FP64", "data": [0.5, 0.5, 0.5]}]}
+    with ModelServer(repo).start() as s, httpx.Client(base_url=s.url, timeout=10) as c:
+        r = c.post("/v2/models/lr/infer", json=body)
+        assert r.status_code == 200, r.text
+        scores = r.json()["outputs"][0]["data"]
+        assert len(scores) == 3 and scores[0] < 0.5 < scores[2]
+
+
+def test_a_follower_keeps_only_the_most_recent_versions_loaded(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    X = np.random.default_rng(4).random((100, 2))
+    targets = []
+    for v in range(1, 6):
+        save_model(LogisticRegression(C=v).fit(X, X[:, 0] > 0.5), tmp_path / f"m{v}", "m", v, ["x", "y"])
+        targets.append(Target(str(v), str(tmp_path / f"m{v}"), load_model(tmp_path / f"m{v}").card.sha256))
+    follower = DeploymentFollower(KafkaSettings("127.0.0.1:1"), "m", keep=2)
+    for seq, t in enumerate(targets, 1):
+        follower.apply(Deployment("m", "single", t, seq=seq))
+    assert list(follower._cache) == [targets[3].sha256, targets[4].sha256]  # the two newest, served last
+    follower.apply(Deployment("m", "canary", targets[0], targets[4], share=0.1, seq=9))  # back to v1: loaded again
+    assert set(follower._cache) == {targets[0].sha256, targets[4].sha256}

@@ -34,11 +34,11 @@ def _settings(bootstrap: Optional[str], kafka_config: Optional[str]):
 def _serve(runner, metrics_port: int) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if metrics_port:
-        from tidal.monitor.metrics import serve_metrics
+        from tidal.monitor.metrics import metrics_host, serve_metrics
 
         port = serve_metrics(runner.metrics.registry, metrics_port)
         if port:
-            typer.echo(f"metrics on http://127.0.0.1:{port}/metrics", err=True)
+            typer.echo(f"metrics on http://{metrics_host()}:{port}/metrics", err=True)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: runner.stop())
 

@@ -76,8 +76,13 @@ def serve(models: Optional[List[str]] = typer.Argument(None, help="Model folders
         from tidal.models.follower import DeploymentFollower
 
         settings = settings_or_exit(bootstrap, kafka_config)
+        trusted = None
+        if registry is not None:  # versions resolved (and checksums checked) in this registry
+            from tidal.registry import Registry
+
+            trusted = Registry(registry)
         for name in follow:
-            follower = repo.follow(DeploymentFollower(settings, name).start())
+            follower = repo.follow(DeploymentFollower(settings, name, registry=trusted).start())
             try:
                 r = follower.wait_ready(wait)
                 typer.echo(f"model {name}: {r.deployment.mode} v{r.primary.version} (following tidal.models)")

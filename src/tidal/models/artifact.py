@@ -145,8 +145,12 @@ class LoadedModel:
                                     threads=self.threads)
 
 
-def load_model(folder: str | Path) -> LoadedModel:
-    """Load a model folder written by :func:`save_model`, after verifying its checksum."""
+def load_model(folder: str | Path, sha256: str | None = None) -> LoadedModel:
+    """Load a model folder written by :func:`save_model`, after verifying its checksum.
+
+    ``sha256``: the checksum a trusted source (the registry database, a signed deployment)
+    holds for the model file; it must match before the flavor reads the file (pickled flavors
+    run code when read). The card's ``file`` must be a plain name inside ``folder``."""
     folder = Path(folder)
     try:
         card = ModelCard(**json.loads((folder / CARD).read_text()))
@@ -154,10 +158,16 @@ def load_model(folder: str | Path) -> LoadedModel:
         raise ArtifactError(f"{folder}: no {CARD}; is this a tidal model folder?") from None
     except (ValueError, TypeError) as exc:
         raise ArtifactError(f"{folder / CARD}: unreadable card ({exc})") from None
+    if not card.file or card.file in (".", "..") or Path(card.file).name != card.file or "\\" in card.file:
+        raise ArtifactError(f"{folder / CARD}: file {card.file!r} is not a plain file name in the folder")
     path = folder / card.file
-    if not path.is_file():
-        raise ArtifactError(f"{path}: model file missing")
-    if _sha256(path) != card.sha256:
+    if not path.is_file() or path.is_symlink():
+        raise ArtifactError(f"{path}: model file missing (or a link)")
+    digest = _sha256(path)
+    if sha256 is not None and digest != sha256:
+        raise ArtifactError(f"{path}: checksum {digest[:12]} is not the trusted {sha256[:12]}; "
+                            "the artifact is not the one registered (refused before reading it)")
+    if digest != card.sha256:
         raise ArtifactError(f"{path}: checksum mismatch; the artifact is corrupt or was modified")
     try:
         runtime = runtime_for(card.flavor)

@@ -31,6 +31,7 @@ from tidal.models.artifact import LoadedModel
 from tidal.models.deployment import Deployment
 from tidal.models.follower import DeploymentFollower, Routing
 from tidal.models.metrics import ScoreMetrics
+from tidal.models.trust import sign_headers
 from tidal.stream.batch import Batch
 from tidal.stream.context import StepContext
 from tidal.stream.step import Step
@@ -84,7 +85,8 @@ class DeployedScoreStep(Step):
         self.settings = self.settings or ctx.settings
         self.pipeline = ctx.pipeline
         self._metrics = ScoreMetrics.of(ctx.registry, ctx.pipeline)
-        self.follower = DeploymentFollower(self.settings, self.model, self.topic).start()
+        self.follower = DeploymentFollower(self.settings, self.model, self.topic, registry=self.registry).start()
+        self._refused_seen = 0
 
     def close(self) -> None:
         if self.follower is not None:
@@ -93,6 +95,7 @@ class DeployedScoreStep(Step):
     def process(self, batch: Batch) -> Batch:
         if self.follower is None:
             raise RuntimeError("DeployedScoreStep used outside a worker: it follows tidal.models on a cluster")
+        self._alert_refused()
         routing = self.follower.routing or self.follower.wait_ready(self.wait_s)  # one snapshot per batch
         d = routing.deployment
         n = len(batch)
@@ -122,6 +125,15 @@ class DeployedScoreStep(Step):
         if self._metrics is not None:
             self._metrics.observe(batch)
         return batch
+
+    def _alert_refused(self) -> None:
+        """An alert for each deployment record the follower refused since the last batch."""
+        refused = self.follower.refused
+        for why in refused[self._refused_seen:]:
+            self.ctx.alert("deployment_refused", f"deployment_refused:{self.pipeline}:{self.model}", "firing",
+                           f"deployment of {self.model} refused: {why}", severity="critical", model=self.model,
+                           reason=why, topic=self.alerts_topic)
+        self._refused_seen = len(refused)
 
     # -- canary health ---------------------------------------------------------------------
     def _try_secondary(self, routing: Routing, batch: Batch, rows: np.ndarray | None) -> np.ndarray | None:
@@ -155,7 +167,8 @@ class DeployedScoreStep(Step):
         else:
             back, published = Deployment(self.model, "single", d.primary, seq=d.seq + 1, reason=reason), False
         if not published:
-            self.ctx.emit(self.topic, back.to_json(), self.model)
+            value = back.to_json()
+            self.ctx.emit(self.topic, value, self.model, headers=sign_headers(value))
         self.ctx.alert("model_rollback", f"model_rollback:{self.pipeline}:{self.model}", "firing", reason,
                        severity="critical", model=self.model, version=d.secondary.version,
                        restored_version=d.primary.version, reason=reason, topic=self.alerts_topic)

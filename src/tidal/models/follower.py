@@ -4,6 +4,13 @@ A background thread reads the compacted ``tidal.models`` topic from the beginnin
 the records keyed by one model name, loads each new target (checksum verified, one warm-up
 prediction), and only then publishes the new :class:`Routing`. Readers take one snapshot per
 micro-batch, so a swap always falls between two batches and never stalls one.
+
+Before loading anything it applies :mod:`tidal.models.trust`: signature (with
+``TIDAL_DEPLOY_KEY``), ``seq`` newer than the current deployment, the version resolved in
+its own registry (or a path inside the trusted roots), the file's checksum before it is
+read. A record refused or failing to load is logged and kept in
+:attr:`DeploymentFollower.refused` (the scoring step alerts on it); the current deployment keeps serving. Versions no deployment names any
+more are unloaded, except the ``keep`` most recent (swapping back to them is instant).
 """
 
 from __future__ import annotations
@@ -11,7 +18,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
@@ -20,6 +29,7 @@ from tidal.broker.topics import MODELS_TOPIC
 from tidal.config import KafkaSettings
 from tidal.models.artifact import LoadedModel, load_model
 from tidal.models.deployment import Deployment, Target
+from tidal.models.trust import HEADER, UntrustedDeployment, check_inside, deploy_key, trusted_roots, verify
 
 __all__ = ["Routing", "DeploymentFollower"]
 
@@ -39,13 +49,17 @@ class Routing:
 class DeploymentFollower:
     """Keep :attr:`routing` in step with the latest deployment of ``model`` on ``topic``."""
 
-    def __init__(self, settings: KafkaSettings, model: str, topic: str = MODELS_TOPIC) -> None:
+    def __init__(self, settings: KafkaSettings, model: str, topic: str = MODELS_TOPIC, registry: Any = None,
+                 keep: int = 3) -> None:
         self.settings = settings
         self.model = model
         self.topic = topic
+        self.registry = registry  # resolves versions (and their checksums) when given
+        self.keep = keep
         self.routing: Routing | None = None
         self.errors: list[str] = []
-        self._cache: dict[str, LoadedModel] = {}  # by sha256: swapping back is instant
+        self.refused: list[str] = []
+        self._cache: OrderedDict[str, LoadedModel] = OrderedDict()  # by sha256, least recently used first
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
@@ -72,22 +86,46 @@ class DeploymentFollower:
         assert self.routing is not None
         return self.routing
 
+    def _where(self, target: Target) -> str:
+        """The folder to load ``target`` from: the registry's own (its checksum must match), or
+        the record's path if inside the trusted roots."""
+        if self.registry is not None:
+            mv = self.registry.resolve(f"{self.model}/{int(target.version)}")
+            if mv.sha256 != target.sha256:
+                raise UntrustedDeployment(f"v{target.version}: checksum {target.sha256[:12]} is not the registry's "
+                                          f"{mv.sha256[:12]}")
+            return str(mv.path)
+        return str(check_inside(target.path, trusted_roots()))
+
     def _load(self, target: Target) -> LoadedModel:
         model = self._cache.get(target.sha256)
         if model is None:
-            model = load_model(target.path)
-            if model.card.sha256 != target.sha256:
-                raise ValueError(f"{target.path}: artifact checksum {model.card.sha256[:12]} is not the deployed "
-                                 f"{target.sha256[:12]}")
+            model = load_model(self._where(target), sha256=target.sha256)  # checked before it is read
             model.predict(np.zeros((1, len(model.card.features))))  # warm up before taking traffic
             self._cache[target.sha256] = model
+        self._cache.move_to_end(target.sha256)
         return model
 
-    def apply(self, deployment: Deployment) -> Routing:
-        """Load the deployment's versions, then switch to it (also used directly in tests)."""
+    def check(self, deployment: Deployment, value: bytes | None = None, headers: Any = None) -> None:
+        """Refuse (:class:`UntrustedDeployment`) a record that is unsigned or forged (with a key
+        set) or not newer than the current deployment."""
+        key = deploy_key()
+        if key is not None and not verify(value if value is not None else deployment.to_json(), headers, key):
+            raise UntrustedDeployment(f"deployment {deployment.seq}: missing or bad {HEADER} "
+                                      f"(signed with another key, or not signed)")
+        current = self.routing.deployment if self.routing is not None else None
+        if current is not None and deployment.seq <= current.seq and deployment.time <= current.time:
+            raise UntrustedDeployment(f"deployment {deployment.seq} is not newer than the current {current.seq}")
+
+    def apply(self, deployment: Deployment, value: bytes | None = None, headers: Any = None) -> Routing:
+        """Check and load the deployment's versions, then switch to it (also used in tests)."""
+        self.check(deployment, value, headers)
         primary = self._load(deployment.primary)
         secondary = self._load(deployment.secondary) if deployment.secondary else None
         self.routing = Routing(deployment, primary, secondary, time.time())
+        in_use = {deployment.primary.sha256} | ({deployment.secondary.sha256} if deployment.secondary else set())
+        for sha in [s for s in self._cache if s not in in_use][:max(0, len(self._cache) - max(self.keep, len(in_use)))]:
+            del self._cache[sha]  # least recently used first; never one being served
         self._ready.set()
         log.info("model %s now %s v%s%s (%s)", self.model, deployment.mode, deployment.primary.version,
                  f" + v{deployment.secondary.version} at {deployment.share:.0%}" if deployment.secondary else "",
@@ -110,12 +148,14 @@ class DeploymentFollower:
                             self.errors.append(m.error().str())
                         continue
                     if m.key() == key and m.value():
-                        latest = m.value()  # only the newest record of a burst matters
+                        latest = m  # only the newest record of a burst matters
                 if latest is not None:
                     try:
-                        self.apply(Deployment.from_json(latest))
+                        self.apply(Deployment.from_json(latest.value()), latest.value(), latest.headers())
                     except Exception as exc:  # noqa: BLE001 - a bad deployment must not stop following
-                        self.errors.append(f"{type(exc).__name__}: {exc}")
+                        why = f"{type(exc).__name__}: {exc}"
+                        self.errors.append(why)
+                        self.refused.append(why)
                         log.error("model %s: deployment not applied, keeping the current one: %s", self.model, exc)
         finally:
             consumer.close()

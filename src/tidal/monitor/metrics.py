@@ -18,6 +18,8 @@ under kafka-lag-exporter's names (``kafka_consumergroup_group_lag``,
 
 from __future__ import annotations
 
+import os
+
 import logging
 
 import numpy as np
@@ -80,9 +82,17 @@ class WorkerMetrics:
                 pass
 
 
-def serve_metrics(registry: CollectorRegistry, port: int, addr: str = "0.0.0.0") -> int | None:
+def metrics_host() -> str:
+    """Where ``/metrics`` listens: ``$TIDAL_METRICS_HOST``, default 127.0.0.1 (loopback only;
+    ``0.0.0.0`` in a container, where the platform's network policy decides who scrapes)."""
+    return os.environ.get("TIDAL_METRICS_HOST", "127.0.0.1")
+
+
+def serve_metrics(registry: CollectorRegistry, port: int, addr: str | None = None) -> int | None:
     """Serve ``/metrics`` on ``port`` in a daemon thread; returns the port, or None if it was taken."""
     from prometheus_client import start_http_server
+
+    addr = addr or metrics_host()
 
     try:
         server, _thread = start_http_server(port, addr=addr, registry=registry)

@@ -12,6 +12,7 @@ from typing import Any
 from tidal.broker.produce import make_producer
 from tidal.broker.topics import COMPACTED, MODELS_TOPIC, TopicSpec, ensure_topics
 from tidal.config import KafkaSettings
+from tidal.models.trust import sign_headers
 from tidal.registry.deployment import Deployment
 
 __all__ = ["KafkaPublisher", "PublishError"]
@@ -51,7 +52,8 @@ class KafkaPublisher:
         except Exception as exc:  # KafkaException from topic creation
             raise PublishError(f"cannot create {self.topic} on {self.settings.bootstrap}: {exc}") from exc
         errors: list[Any] = []
-        producer.produce(self.topic, key=deployment.model.encode(), value=deployment.to_json(),
+        value = deployment.to_json()
+        producer.produce(self.topic, key=deployment.model.encode(), value=value, headers=sign_headers(value),
                          on_delivery=lambda err, msg: errors.append(err) if err else None)
         left = producer.flush(self.timeout)
         if left or errors:

@@ -211,7 +211,7 @@ class Registry(Lifecycle):
     def load(self, ref: str | Ref) -> LoadedModel:
         """Load a version from the store; refuses (ArtifactError) an artifact that was modified."""
         mv = self.resolve(ref)
-        loaded = load_model(mv.path)  # verifies the file against the card's checksum
+        loaded = load_model(mv.path, mv.sha256)  # the database's checksum, checked before the file is read
         card = loaded.card
         if (card.sha256, card.name, card.version) != (mv.sha256, mv.name, str(mv.version)):
             raise ArtifactError(f"{mv.path}: its card does not match the registry's record of {mv.uri}; "

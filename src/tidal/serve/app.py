@@ -19,6 +19,8 @@ ready. No route loads a file: models are fixed at start-up or arrive over ``tida
 from __future__ import annotations
 
 import hmac
+import logging
+import uuid
 from typing import Any, Awaitable, Callable
 
 import orjson
@@ -30,6 +32,8 @@ from starlette.routing import Route
 
 from tidal.serve.dataplane import DataPlane
 from tidal.serve.protocol import BadRequest, PayloadTooLarge, ServeError, Unauthorized, decode_request
+
+log = logging.getLogger("tidal.serve")
 
 __all__ = ["create_app", "KEY_HEADER", "DEFAULT_MAX_BODY"]
 
@@ -121,7 +125,9 @@ def create_app(plane: DataPlane, *, max_body_bytes: int = DEFAULT_MAX_BODY, toke
         return error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}")
 
     async def unexpected(request: Request, exc: Exception) -> Response:
-        return error(500, f"internal error: {type(exc).__name__}: {exc}")
+        ref = uuid.uuid4().hex[:12]  # the details go to the server's log, not to the client
+        log.error("internal error %s on %s %s", ref, request.method, request.url.path, exc_info=exc)
+        return error(500, f"internal error (logged as {ref})")
 
     m = "/v2/models/{name}"
     v = m + "/versions/{version}"

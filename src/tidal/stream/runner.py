@@ -43,7 +43,8 @@ def run_worker(spec: str | Path, settings: KafkaSettings, worker_id: str | None 
     if metrics_port:
         port = worker.hooks.serve(metrics_port)
         if port:
-            log.info("metrics on http://0.0.0.0:%d/metrics", port)
+            log.info("metrics on http://%s:%d/metrics (TIDAL_METRICS_HOST)", os.environ.get("TIDAL_METRICS_HOST",
+                                                                                              "127.0.0.1"), port)
     worker.install_signal_handlers()
     stats = worker.run(idle_exit_s=idle_exit_s)
     log.info("worker %s done: %s", worker.worker_id, stats.as_dict())

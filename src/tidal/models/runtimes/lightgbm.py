@@ -45,7 +45,7 @@ class LightGBMRuntime(ModelRuntime):
         model = getattr(model, "booster_", model)  # a live LGBMModel scores as its booster, like a loaded one
         threads = threads if threads is not None else (1 if len(X) < SMALL_BATCH_ROWS else 0)
         out = model.predict(X, num_threads=threads) if threads else model.predict(X)
-        return out if out.ndim == 1 else out[:, 1]
+        return out if out.ndim == 1 else np.ascontiguousarray(out[:, 1])
 
     def explain(self, model: Any, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out = np.asarray(getattr(model, "booster_", model).predict(X, pred_contrib=True))

@@ -46,7 +46,7 @@ class SklearnRuntime(ModelRuntime):
     def predict(self, model: Any, X: np.ndarray, *, task: str = "binary", features: Sequence[str] = (),
                 threads: int | None = None) -> np.ndarray:
         if task == "binary" and hasattr(model, "predict_proba"):
-            return model.predict_proba(X)[:, 1]
+            return np.ascontiguousarray(model.predict_proba(X)[:, 1])  # a view is not C-contiguous (orjson)
         return np.asarray(model.predict(X), dtype=np.float64)
 
     def explain(self, model: Any, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
