@@ -229,3 +229,23 @@ def test_bad_state_section_is_refused():
         from_dict({"pipeline": "t", "state": {"backend": "leveldb"}})
     with pytest.raises(ValueError, match="unknown state keys"):
         from_dict({"pipeline": "t", "state": {"dir": "x"}})
+
+
+def test_misspelt_options_are_named_with_what_was_meant():
+    with pytest.raises(ValueError, match=r"unknown batch keys \['max_bach'\]"):
+        from_dict({"pipeline": "t", "batch": {"max_bach": 10}})
+    with pytest.raises(ValueError, match=r"step `anomaly`: unknown option 'treshold' \(did you mean 'threshold'\?\)"):
+        from_dict({"pipeline": "t", "steps": [{"anomaly": {"field": "a", "treshold": 0.3}}]})
+
+
+def test_a_yaml_mistake_is_one_line_and_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "p.yaml"
+    bad.write_text("pipeline: x\nbatch: {max_bach: 10}\n")
+    r = subprocess.run([sys.executable, "-m", "tidal", "run", str(bad), "--bootstrap", "127.0.0.1:1"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [f"error: {bad}: unknown batch keys ['max_bach']; known: "
+                                             "['max_batch', 'max_wait_ms']"]

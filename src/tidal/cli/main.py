@@ -44,6 +44,19 @@ KafkaConfigOpt = typer.Option(None, "--kafka-config", envvar="TIDAL_KAFKA_CONFIG
                               help="librdkafka .properties file (SASL, TLS, ...).")
 
 
+def spec_or_exit(spec: Path) -> None:
+    """Read the pipeline YAML now: a mistake in it is one line and exit 2, not a traceback."""
+    import yaml
+
+    from tidal.stream.spec import load_pipeline
+
+    try:
+        load_pipeline(spec)
+    except (ValueError, TypeError, KeyError, ImportError, AttributeError, yaml.YAMLError) as exc:
+        typer.echo(f"error: {spec}: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 def settings_or_exit(bootstrap: Optional[str], kafka_config: Optional[str]) -> KafkaSettings:
     """Resolve Kafka settings, or print how to get a broker and exit 2."""
     from tidal.broker.embedded import wait_ready
@@ -153,6 +166,7 @@ def run(spec: Path = typer.Argument(..., exists=True, dir_okay=False, help="Pipe
     from tidal.stream.runner import default_worker_id, run_worker, spawn_workers, wait_workers
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    spec_or_exit(spec)
     settings = settings_or_exit(bootstrap, kafka_config)
     if workers == 1:
         wid = worker_id or default_worker_id(worker_index or 0)

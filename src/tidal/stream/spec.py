@@ -81,7 +81,46 @@ def _step(entry: Mapping[str, Any], base: Path, previous: list[Step]) -> Step:
     if len(entry) != 1 or next(iter(entry)) not in types:
         raise ValueError(f"unknown step {entry!r}; use one of {sorted(types)} or 'python: module:attr'")
     kind, args = next(iter(entry.items()))
-    return types[kind].load()(dict(args or {}), base=base, kind=kind, previous=previous)
+    factory = types[kind].load()
+    try:
+        return factory(dict(args or {}), base=base, kind=kind, previous=previous)
+    except TypeError as exc:  # a misspelt option: say which, and what was meant
+        raise ValueError(f"step `{kind}`: {_option_error(exc)}") from None
+
+
+def _option_error(exc: TypeError) -> str:
+    """``X.__init__() got an unexpected keyword argument 'treshold'`` → a sentence with the
+    closest option names of X (found in the frame that made the call)."""
+    import difflib
+    import re
+
+    text = str(exc)
+    m = re.search(r"(\w+)\.(\w+)\(\) got an unexpected keyword argument '(\w+)'", text)
+    if not m:
+        return text
+    cls_name, method, bad = m.groups()
+    classes: list[Any] = []  # every constructor on the way (a step passes extra options on to its detector)
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        own = frame.f_locals.get("self")
+        named = frame.f_locals.get(cls_name) or frame.f_globals.get(cls_name)
+        if named is not None and method != "__init__":
+            named = getattr(named, method, None)
+        for c in (type(own) if own is not None and frame.f_code.co_name == "__init__" else None, named):
+            if (inspect.isclass(c) or inspect.ismethod(c) or inspect.isfunction(c)) and c not in classes:
+                classes.append(c)
+        tb = tb.tb_next
+    options: list[str] = []
+    for c in classes:
+        try:
+            names = inspect.signature(c).parameters
+        except (TypeError, ValueError):
+            continue
+        options += [p for p, v in names.items() if v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL) and p not in options]
+    close = difflib.get_close_matches(bad, options, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown option {bad!r}{hint}" + (f"; options: {', '.join(options)}" if options else "")
 
 
 def _steps(entries: list[Mapping[str, Any]], base: Path) -> list[Step]:
@@ -126,6 +165,10 @@ def from_dict(spec: Mapping[str, Any], base: str | Path = ".") -> Pipeline:
     sources = spec.get("sources") or spec.get("source")
     batch = spec.get("batch") or {}
     kafka = spec.get("kafka") or {}
+    for section, have, known in (("batch", batch, ("max_batch", "max_wait_ms")), ("kafka", kafka, ("consumer", "producer"))):
+        unknown = set(have) - set(known)
+        if unknown:
+            raise ValueError(f"unknown {section} keys {sorted(unknown)}; known: {list(known)}")
     steps = _steps(spec.get("steps") or [], base)
     if spec.get("state"):
         _state(steps, spec["state"], name, base)
