@@ -125,3 +125,26 @@ def test_unreachable_broker_is_not_ready_and_answers_503():
         assert r.status_code == 503 and "unreachable" in r.json()["error"]
         assert "retry-after" in r.headers
         assert httpx.get(f"{srv.url}/health/live").status_code == 200
+
+
+def test_a_token_guards_ingest_and_metrics_and_unknown_names_share_one_label(settings, tmp_path):
+    import uuid
+
+    name = f"h{uuid.uuid4().hex[:8]}"
+    spec = tmp_path / "p.yaml"
+    spec.write_text(SPEC.format(name=name))
+    pipe = load_ingest_pipeline(spec, key_field="card_id")
+    with IngestServer([pipe], settings, port=0, probe_s=0.3, token="s3cret").start() as srv:
+        _wait_ready(srv.url)
+        rec = {"card_id": "c1", "amount": 1.0}
+        assert httpx.post(f"{srv.url}/ingest/{name}", json=rec).status_code == 401
+        assert httpx.post(f"{srv.url}/ingest/{name}", json=rec,
+                          headers={"Authorization": "Bearer wrong"}).status_code == 401
+        ok = {"Authorization": "Bearer s3cret"}
+        assert httpx.post(f"{srv.url}/ingest/{name}", json=rec, headers=ok).status_code == 200
+        for i in range(30):  # a scan of made-up names
+            assert httpx.post(f"{srv.url}/ingest/made-up-{i}", json=rec, headers=ok).status_code == 404
+        assert httpx.get(f"{srv.url}/metrics").status_code == 401
+        text = httpx.get(f"{srv.url}/metrics", headers=ok).text
+        assert "made-up" not in text and 'pipeline="(unknown)",status="404"} 30.0' in text
+    assert [orjson.loads(m.value()) for m in read_all(settings, f"{name}.events", 4)] == [rec]

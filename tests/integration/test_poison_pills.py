@@ -122,3 +122,21 @@ def test_a_state_value_of_megabytes_is_chunked_and_restored(settings, name):
     w2 = Worker(p2, settings, hooks=WorkerHooks())
     w2.run(idle_exit_s=5)
     assert again.seen and again.seen[0] == last
+
+
+def test_a_huge_line_in_an_ingested_file_goes_to_the_dlq_and_the_rest_is_delivered(settings, name, tmp_path):
+    from tidal.connect import Backoff, FileSource, PositionFile, SourceRunner
+
+    data = tmp_path / "in"
+    data.mkdir()
+    big = orjson.dumps({"id": 2, "pad": "y" * 1_500_000})
+    (data / "a.jsonl").write_bytes(b'{"id": 1}\n' + big + b'\n{"id": 3}\n')
+    source = FileSource(data, key_field="id", ledger=tmp_path / "ledger.json", done_dir=tmp_path / "done")
+    runner = SourceRunner(source, settings, f"{name}.events", position_file=PositionFile(tmp_path / "pos.json"),
+                          backoff=Backoff(initial=0.05, maximum=0.2, jitter=0.0))
+    runner.run(until=lambda: source.finished)  # returns: the source did not stop on the huge line
+    assert sorted(orjson.loads(m.value())["id"] for m in read_all(settings, f"{name}.events", 4)) == [1, 3]
+    (dead,) = read_all(settings, f"{name}.dlq", 4)
+    h = headers(dead)
+    assert h["tidal.error.reason"] == b"too_large" and int(h["tidal.error.original_size"]) == len(big)
+    assert len(dead.value()) < 1_000_000

@@ -22,6 +22,8 @@ def ingest_http(
         timeout: float = typer.Option(10.0, "--timeout", help="Seconds to wait for Kafka's acknowledgement before answering 503."),
         max_in_flight: int = typer.Option(100_000, "--max-in-flight", help="Records waiting for acknowledgement before requests get 429."),
         max_body: int = typer.Option(16 * 1024 * 1024, "--max-body", help="Largest request body in bytes (413 above)."),
+        token: Optional[str] = typer.Option(None, "--token", envvar="TIDAL_INGEST_TOKEN", show_default=False,
+                                            help="Require 'Authorization: Bearer TOKEN' on /ingest and /metrics."),
         bootstrap: Optional[str] = BOOTSTRAP, kafka_config: Optional[str] = KAFKA_CONFIG) -> None:
     """Take records over HTTP, validate them against each pipeline's schema, and answer once Kafka has them."""
     from tidal.connect.http import IngestServer, load_ingest_pipeline
@@ -33,7 +35,7 @@ def ingest_http(
         raise typer.Exit(2) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = IngestServer(pipes, _settings(bootstrap, kafka_config), host=host, port=port, timeout_s=timeout,
-                          max_in_flight=max_in_flight, max_body_bytes=max_body)
+                          max_in_flight=max_in_flight, max_body_bytes=max_body, token=token)
     try:
         server.bind()
     except OSError as exc:

@@ -32,6 +32,7 @@ Routes:
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import threading
 import time
@@ -54,6 +55,8 @@ from tidal.config import KafkaSettings
 from tidal.connect.metrics import ConnectorMetrics
 from tidal.quality.schema import Schema
 from tidal.httpserver import HttpServer
+
+UNKNOWN = "(unknown)"  # the pipeline label of requests for names this server does not take
 
 __all__ = ["IngestPipeline", "IngestServer", "IngestError", "load_ingest_pipeline", "validate", "split_body"]
 
@@ -301,10 +304,15 @@ def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None
 
 
 def create_ingest_app(pipelines: Sequence[IngestPipeline], gate: KafkaGate, metrics: IngestMetrics, *,
-                      max_body_bytes: int = 16 * 1024 * 1024) -> Starlette:
-    """The Starlette app over ``pipelines`` producing through ``gate``."""
+                      max_body_bytes: int = 16 * 1024 * 1024, token: str | None = None) -> Starlette:
+    """The Starlette app over ``pipelines`` producing through ``gate``; ``token`` requires
+    ``Authorization: Bearer <token>`` on ``/ingest`` and ``/metrics`` (health routes stay open)."""
     by_name = {p.name: p for p in pipelines}
     cm = metrics.connector
+    want = f"Bearer {token}".encode() if token else None
+
+    def authorised(request: Request) -> bool:
+        return want is None or hmac.compare_digest(request.headers.get("authorization", "").encode(), want)
 
     def answer(pipe: str, status: int, content: Any, headers: dict[str, str] | None = None) -> Response:
         metrics.requests.labels(pipe, str(status)).inc()
@@ -314,8 +322,12 @@ def create_ingest_app(pipelines: Sequence[IngestPipeline], gate: KafkaGate, metr
         t0 = time.perf_counter()
         name = request.path_params["pipeline"]
         pipe = by_name.get(name)
-        if pipe is None:
-            return answer(name, 404, {"error": f"unknown pipeline {name!r}; this server takes {sorted(by_name)}"})
+        if not authorised(request):
+            return answer(name if pipe else UNKNOWN, 401, {"error": "missing or wrong bearer token"},
+                          {"WWW-Authenticate": "Bearer"})
+        if pipe is None:  # one label value for every unknown name: a URL cannot grow the metric series
+            return answer(UNKNOWN, 404, {"error": f"unknown pipeline {name[:200]!r}; this server takes "
+                                                  f"{sorted(by_name)}"})
         try:
             body = await _body(request, max_body_bytes)
             ndjson = "ndjson" in request.headers.get("content-type", "") or \
@@ -359,6 +371,8 @@ def create_ingest_app(pipelines: Sequence[IngestPipeline], gate: KafkaGate, metr
         return Response(status_code=200 if gate.ready else 503)
 
     async def metrics_text(request: Request) -> Response:
+        if not authorised(request):
+            return _json({"error": "missing or wrong bearer token"}, 401, {"WWW-Authenticate": "Bearer"})
         cm.up.set(1 if gate.ready else 0)
         text, content_type = metrics.render()
         return Response(text, media_type=content_type)
@@ -402,7 +416,8 @@ class IngestServer(HttpServer):
     def __init__(self, pipelines: Sequence[IngestPipeline], settings: KafkaSettings, *, host: str = "127.0.0.1",
                  port: int = 8088, timeout_s: float = 10.0, max_in_flight: int = 100_000,
                  max_body_bytes: int = 16 * 1024 * 1024, producer_config: dict[str, Any] | None = None,
-                 registry: CollectorRegistry | None = None, probe_s: float = 2.0, log_level: str = "warning") -> None:
+                 registry: CollectorRegistry | None = None, probe_s: float = 2.0, log_level: str = "warning",
+                 token: str | None = None) -> None:
         names = [p.name for p in pipelines]
         if len(set(names)) != len(names):
             raise ValueError(f"pipelines named twice: {names}")
@@ -410,8 +425,8 @@ class IngestServer(HttpServer):
         self.metrics = IngestMetrics(registry)
         self.gate = KafkaGate(settings, timeout_s=timeout_s, max_in_flight=max_in_flight,
                               producer_config=producer_config, probe_s=probe_s)
-        super().__init__(create_ingest_app(self.pipelines, self.gate, self.metrics, max_body_bytes=max_body_bytes),
-                         host, port, log_level)
+        super().__init__(create_ingest_app(self.pipelines, self.gate, self.metrics, max_body_bytes=max_body_bytes,
+                                           token=token), host, port, log_level)
 
     def _starting(self) -> None:
         self.gate.start([(p.topic, p.partitions) for p in self.pipelines])

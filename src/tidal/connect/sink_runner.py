@@ -28,6 +28,7 @@ from tidal.config import KafkaSettings
 from tidal.connect.backoff import Backoff
 from tidal.connect.base import RecordsRejected, Sink, SinkRecord, Unavailable
 from tidal.connect.metrics import ConnectorMetrics
+from tidal.stream.encode import fit_dead_letter
 
 __all__ = ["SinkRunner"]
 
@@ -214,6 +215,7 @@ class SinkRunner:
                        ("tidal.connector", self.sink.name.encode()),
                        ("tidal.source.topic", topic.encode()), ("tidal.source.partition", str(partition).encode()),
                        ("tidal.source.offset", str(offset).encode())]
+            raw, headers = fit_dead_letter(raw, headers, 1_000_000 - 16 * 1024)  # cut to fit, size and sha256 kept
             self._producer.produce(self.dlq, raw, key, headers=headers, on_delivery=self._dlq_delivered)
             self.metrics.dlq(reason)
         while self._producer.flush(10) > 0:

@@ -26,7 +26,7 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from tidal.broker.read import partitions_of, read_partitions
 from tidal.broker.topics import TopicSpec, ensure_topics
@@ -35,6 +35,7 @@ from tidal.connect.backoff import Backoff
 from tidal.connect.base import BadRecord, Source, SourceRecord, Unavailable
 from tidal.connect.metrics import ConnectorMetrics
 from tidal.connect.positions import PositionFile, default_position_path
+from tidal.stream.encode import fit_dead_letter
 
 __all__ = ["SourceRunner", "CONNECTOR_HEADER", "POSITION_HEADER"]
 
@@ -93,9 +94,11 @@ class SourceRunner:
             log.info("%s: %d records were delivered after the last saved position%s; they will not be "
                      "produced again", self.source.name, len(self._seen),
                      f" (or up to {back} offsets before it)" if back else "")
-        self._producer = Producer(self.settings.client_config({
+        conf = self.settings.client_config({
             "enable.idempotence": True, "acks": "all", "linger.ms": 5, "compression.type": "lz4",
-            "client.id": f"tidal-connect-{self.source.name}", "log_level": 3, **self.producer_config}))
+            "client.id": f"tidal-connect-{self.source.name}", "log_level": 3, **self.producer_config})
+        self._producer = Producer(conf)
+        self._limit = max(1024, int(conf.get("message.max.bytes", 1_000_000)) - 16 * 1024)
 
     def _ends(self, parts: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
         # A low end is safe (more is read on restart); Tansu's ListOffsets may be short.
@@ -208,6 +211,10 @@ class SourceRunner:
     def _produce(self, r: SourceRecord | BadRecord, failed: list) -> None:
         pos = r.position_bytes()
         headers = [(CONNECTOR_HEADER, self.source.name.encode()), (POSITION_HEADER, pos)]
+        limit = getattr(self, "_limit", 1_000_000 - 16 * 1024)
+        if not isinstance(r, BadRecord) and r.value is not None and len(r.value) > limit:
+            r = BadRecord(r.value, "too_large", f"record of {len(r.value):,} bytes is over the producer's limit "
+                          f"({limit:,}; message.max.bytes)", key=r.key, position=r.position)  # one record never stops a source
         if isinstance(r, BadRecord):
             topic, value = self.dlq, r.raw
             headers += [("tidal.error.reason", r.reason.encode()),
@@ -217,9 +224,15 @@ class SourceRunner:
         else:
             topic, value = self.topic, r.value
             headers += r.headers
+        if topic == self.dlq:
+            value, headers = fit_dead_letter(value, headers, limit)
 
         def done(err: KafkaError | None, msg: Any) -> None:
             if err is not None:
+                if err.code() == KafkaError.MSG_SIZE_TOO_LARGE and topic != self.dlq:  # the broker's limit is lower
+                    self._produce(BadRecord(value, "too_large", f"refused by the broker: {err.str()}", key=r.key,
+                                            position=r.position), failed)
+                    return
                 failed.append(r)
                 return
             tp = (msg.topic(), msg.partition())
@@ -232,6 +245,11 @@ class SourceRunner:
                 return
             except BufferError:
                 self._producer.poll(0.05)
+            except KafkaException as exc:  # refused by the client: the record goes to the DLQ, the source goes on
+                if topic == self.dlq:
+                    raise
+                self._produce(BadRecord(value, "produce_error", str(exc), key=r.key, position=r.position), failed)
+                return
 
     def close(self) -> None:
         if self._producer is not None:
