@@ -142,6 +142,8 @@ def test_a_token_guards_ingest_and_metrics_and_unknown_names_share_one_label(set
                           headers={"Authorization": "Bearer wrong"}).status_code == 401
         ok = {"Authorization": "Bearer s3cret"}
         assert httpx.post(f"{srv.url}/ingest/{name}", json=rec, headers=ok).status_code == 200
+        huge = httpx.post(f"{srv.url}/ingest/{name}", json=[rec, {**rec, "note": "z" * 1_500_000}], headers=ok)
+        assert huge.status_code == 413 and "record 1 is" in huge.json()["error"]  # nothing of it written
         for i in range(30):  # a scan of made-up names
             assert httpx.post(f"{srv.url}/ingest/made-up-{i}", json=rec, headers=ok).status_code == 404
         assert httpx.get(f"{srv.url}/metrics").status_code == 401

@@ -209,10 +209,12 @@ class KafkaGate:
         self.in_flight = 0  # changed on the event loop only
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self.producer = Producer(settings.client_config({
+        conf = settings.client_config({
             "enable.idempotence": True, "acks": "all", "linger.ms": 2, "compression.type": "lz4",
             "message.timeout.ms": int(timeout_s * 1000), "queue.buffering.max.messages": max(max_in_flight * 2, 1000),
-            "client.id": "tidal-ingest-http", "log_level": 3, "error_cb": self._error, **(producer_config or {})}))
+            "client.id": "tidal-ingest-http", "log_level": 3, "error_cb": self._error, **(producer_config or {})})
+        self.producer = Producer(conf)
+        self.record_limit = max(1024, int(conf.get("message.max.bytes", 1_000_000)) - 16 * 1024)
         self._threads = [threading.Thread(target=self._poll, name="tidal-ingest-poll", daemon=True),
                          threading.Thread(target=self._probe, name="tidal-ingest-probe", daemon=True)]
 
@@ -257,6 +259,10 @@ class KafkaGate:
         n = len(values)
         if n > self.max_in_flight:
             raise IngestError(413, f"{n} records in one request; this server takes at most {self.max_in_flight}")
+        big = [i for i, v in enumerate(values) if len(v) > self.record_limit]
+        if big:  # refused before anything is produced: the request is all or nothing
+            raise IngestError(413, f"record {big[0]} is {len(values[big[0]]):,} bytes; Kafka takes at most "
+                                   f"{self.record_limit:,} per record (message.max.bytes)")
         if self.in_flight + n > self.max_in_flight:
             raise IngestError(429, f"{self.in_flight} records are waiting for Kafka's acknowledgement "
                                    f"(limit {self.max_in_flight}); retry later", retry_after=1.0)
