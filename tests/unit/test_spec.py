@@ -249,3 +249,30 @@ def test_a_yaml_mistake_is_one_line_and_exit_2(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines() == [f"error: {bad}: unknown batch keys ['max_bach']; known: "
                                              "['max_batch', 'max_wait_ms']"]
+
+
+def test_a_model_feature_the_schema_lacks_is_refused_before_the_run(tmp_path):
+    """The silent-NaN case: a model on temperature, vibration, humidity; events without humidity."""
+    import subprocess
+    import sys
+
+    import lightgbm
+    import numpy as np
+
+    from tidal.models import save_model
+
+    X = np.random.default_rng(0).random((300, 3))
+    model = lightgbm.LGBMClassifier(n_estimators=5, verbose=-1).fit(X, X[:, 0] > 0.5)
+    save_model(model, tmp_path / "m", "m", 1, ["temperature", "vibration", "humidity"])
+    spec = {"pipeline": "t", "schema": {"temperature": "float", "vibration": "float", "humidty": "float"},
+            "steps": [{"score": {"model": str(tmp_path / "m")}}]}
+    with pytest.raises(ValueError, match=r"step 'score' reads 'humidity'.*did you mean 'humidty'\?"):
+        from_dict(spec).check()
+    spec["schema"]["humidity"] = "float"
+    from_dict(spec).check()  # with the field: fine
+    bad = tmp_path / "p.yaml"
+    bad.write_text(f"pipeline: t\nschema: {{temperature: float, vibration: float}}\n"
+                   f"steps: [{{score: {{model: {tmp_path / 'm'}}}}}]\n")
+    r = subprocess.run([sys.executable, "-m", "tidal", "run", str(bad), "--bootstrap", "127.0.0.1:1"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "'humidity'" in r.stderr

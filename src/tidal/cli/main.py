@@ -51,7 +51,7 @@ def spec_or_exit(spec: Path) -> None:
     from tidal.stream.spec import load_pipeline
 
     try:
-        load_pipeline(spec)
+        load_pipeline(spec).check()
     except (ValueError, TypeError, KeyError, ImportError, AttributeError, yaml.YAMLError) as exc:
         typer.echo(f"error: {spec}: {exc}", err=True)
         raise typer.Exit(2) from None

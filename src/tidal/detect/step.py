@@ -147,6 +147,12 @@ class SeriesAnomalyStep(Step):
             self._last_alert.pop(key, None)
 
     # -- the step ----------------------------------------------------------------------------
+    def reads(self) -> list[str]:
+        return [f for f in (self.field, self.key, self.time_field) if f]
+
+    def adds(self) -> list[str]:
+        return [self.score_column, self.flag_column] + (["change", "change_start"] if self.changes else [])
+
     def process(self, batch: Batch) -> Batch:
         n = len(batch)
         if not n:

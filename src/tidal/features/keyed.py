@@ -147,6 +147,13 @@ class KeyedAggregate(Step):
 
     on_revoke = on_assign
 
+    def reads(self) -> list[str]:
+        fields = [self.key] + ([self.time_field] if self.time_field else [])
+        return fields + [f for f in dict.fromkeys(a.field for a in self.aggs) if f and f not in fields]
+
+    def adds(self) -> list[str]:
+        return list(self.agg.names)
+
     def process(self, batch: Batch) -> Batch:
         if self._store is None:  # outside a worker (tests, replays)
             self.state_store = StateStore(self.name, backend=self.backend, path=self.state_path)

@@ -55,6 +55,12 @@ class ScoreStep(Step):
     def from_path(cls, path: str, threshold: float | None = None, threads: int | None = None) -> "ScoreStep":
         return cls(load_model(path), threshold, threads)
 
+    def reads(self) -> list[str]:
+        return list(self.model.card.features)
+
+    def adds(self) -> list[str]:
+        return ["score", "decision", "model", "model_version"]
+
     def process(self, batch: Batch) -> Batch:
         if not len(batch):
             return batch

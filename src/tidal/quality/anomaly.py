@@ -32,7 +32,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tidal.quality.base import QualityBatch, QualityStep, key_values
+from tidal.quality.base import FLAGS, QualityBatch, QualityStep, key_values
 from tidal.quality.stats import Windows
 
 __all__ = ["AnomalyStep", "DETECTORS"]
@@ -67,6 +67,12 @@ class AnomalyStep(QualityStep):
         self._robust: list[Windows] = []
 
     # -- features -------------------------------------------------------------------------
+    def reads(self) -> list[str]:
+        return list(self.features)
+
+    def adds(self) -> list[str]:
+        return [self.score_column, self.flag_column, FLAGS]
+
     def matrix(self, batch: Any) -> np.ndarray:
         cols = [np.asarray(batch.column(f), dtype=np.float64) for f in self.features]
         if self.hour_of:

@@ -276,6 +276,9 @@ class QualityStep(Step):
         self.pipeline = ""
         self._metrics: _QualityMetrics | None = None
 
+    def adds(self) -> list[str] | None:
+        return [FLAGS]  # fields are fixed in place; flags go in one column
+
     def open(self, ctx: Any) -> None:
         self.pipeline = self.pipeline or ctx.pipeline
         if ctx.registry is not None:

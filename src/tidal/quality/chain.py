@@ -66,6 +66,18 @@ class QualityChain(QualityStep):
         super().__init__()
         self.steps = list(steps)
 
+    def reads(self) -> list[str]:
+        return [f for s in self.steps for f in s.reads()]
+
+    def adds(self) -> list[str] | None:
+        out: list[str] = []
+        for s in self.steps:
+            got = s.adds()
+            if got is None:
+                return None
+            out += got
+        return out
+
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> "QualityChain":
         unknown = set(spec) - set(ORDER)

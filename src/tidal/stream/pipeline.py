@@ -98,9 +98,20 @@ class Pipeline:
         return self
 
     def check(self) -> None:
-        """Refuse what cannot run: a non-step, or two steps declaring the same state name."""
+        """Refuse what cannot run: a non-step, two steps declaring the same state name, or a
+        step that reads a field neither the schema nor an earlier step provides (a model whose
+        feature the events lack would otherwise score NaN, or fail every batch)."""
         seen: dict[str, str] = {}
+        known: set[str] | None = set(self.schema.names) if self.schema is not None else None
         for step in self.steps:
+            if isinstance(step, Step) and known is not None:
+                missing = [f for f in step.reads() if f not in known]
+                if missing:
+                    raise ValueError(f"step {step.name!r} reads {', '.join(map(repr, missing))}, which the events "
+                                     f"of pipeline {self.name!r} do not have (schema: {', '.join(self.schema.names)})"
+                                     + _closest(missing[0], known))
+                added = step.adds()
+                known = None if added is None else known | set(added)
             if not isinstance(step, Step):
                 raise TypeError(f"{step!r} is not a tidal Step (wrap a function with FunctionStep)")
             if step.state_name:
@@ -175,3 +186,9 @@ class Pipeline:
             side.extend(records)
         return encode_outputs(out), out.rejected
 
+
+def _closest(name: str, known: set[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""

@@ -11,6 +11,11 @@ A step sees a whole micro-batch and should compute column-wise. It may **declare
   ``ctx.alert``, never with a producer of its own: the worker produces them with the batch,
   inside its transaction (exactly-once) or acknowledged before the commit (at-least-once).
 
+and the fields it reads and adds, so a pipeline can be checked before it runs
+(:meth:`~tidal.stream.pipeline.Pipeline.check`): ``reads()`` (fields each event must carry,
+e.g. a model's features) and ``adds()`` (the columns it writes; ``None``: not known, which
+ends the check of later steps' fields).
+
 Optional hooks: ``open(ctx)`` when the worker starts, ``on_assign`` / ``on_revoke`` when Kafka
 moves partitions, ``close()`` at shutdown. A step that raises has its whole batch sent to the
 dead-letter topic with ``error_reason``; the pipeline goes on. See ``docs/architecture.md``.
@@ -55,6 +60,14 @@ class Step(ABC):
     @abstractmethod
     def process(self, batch: Batch) -> Batch:
         """Transform one micro-batch; return the batch to pass on (rejects travel inside it)."""
+
+    def reads(self) -> list[str]:
+        """Fields this step needs in every event (checked against the schema before a run)."""
+        return []
+
+    def adds(self) -> list[str] | None:
+        """Columns this step adds (``None``: unknown; later steps' fields are then not checked)."""
+        return None
 
     def outputs(self, pipeline: str) -> tuple[str, ...]:
         """The side-output topics of this step in ``pipeline``."""

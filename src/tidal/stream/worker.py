@@ -144,8 +144,10 @@ class Worker:
     def __init__(self, pipeline: Pipeline, settings: KafkaSettings, worker_id: str = "0",
                  on_batch: Callable[["Worker", Batch], None] | None = None,
                  hooks: WorkerHooks | None = None, lag_interval_s: float = 1.0, max_in_flight: int = 3,
-                 max_redeliveries: int = 5) -> None:
+                 max_redeliveries: int = 5, metrics_port: int | None = None, handle_signals: bool = True) -> None:
         self.pipeline = pipeline
+        self.metrics_port = metrics_port  # serve /metrics here while running (0 or None: off)
+        self.handle_signals = handle_signals  # SIGTERM / SIGINT drain, commit and return (main thread only)
         self.settings = settings
         self.worker_id = worker_id
         self.on_batch = on_batch
@@ -343,7 +345,24 @@ class Worker:
             signal.signal(sig, lambda *_: self.stop())
 
     def run(self, idle_exit_s: float | None = None) -> WorkerStats:
-        """Process batches until stopped (or, with ``idle_exit_s``, after that long without input)."""
+        """Process batches until stopped (or, with ``idle_exit_s``, after that long without input).
+
+        In the main thread (and with ``handle_signals``), SIGTERM and SIGINT stop it the way
+        ``tidal run`` does: the batch in hand is delivered, offsets committed, then it returns.
+        """
+        previous = {}
+        if self.handle_signals and threading.current_thread() is threading.main_thread():
+            previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+            self.install_signal_handlers()
+        if self.metrics_port:
+            self.hooks.serve(self.metrics_port)
+        try:
+            return self._run(idle_exit_s)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _run(self, idle_exit_s: float | None) -> WorkerStats:
         p = self.pipeline
         self._open_steps()
         self.consumer = Consumer(self._consumer_config())
