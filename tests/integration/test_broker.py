@@ -96,3 +96,35 @@ def test_status_reports_group_lag(settings, name):
     table = subprocess.run([sys.executable, "-m", "tidal", "status", "--bootstrap", settings.bootstrap],
                            capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
     assert table.returncode == 0 and f"g-{name}" in table.stdout
+
+
+def test_a_restarted_broker_keeps_its_port_and_gets_the_deployments_back(tmp_path, name):
+    """Its storage is in memory: `broker start` republishes the registry's current deployments."""
+    import numpy as np
+    import orjson
+    from confluent_kafka import Consumer, TopicPartition
+    from sklearn.linear_model import LogisticRegression
+
+    from tidal.config import KafkaSettings
+    from tidal.registry import Registry
+
+    X = np.random.default_rng(0).random((60, 2))
+    reg = Registry(tmp_path / "registry")  # the default registry of this TIDAL_HOME, no publisher yet
+    reg.register(name, LogisticRegression().fit(X, X[:, 0] > 0.5), features=["x", "y"])
+    reg.deploy(name, "single", 1, reason="test")
+    first = tidal("broker", "start", home=tmp_path)
+    assert first.returncode == 0, first.stderr
+    try:
+        port = first.stdout.split("127.0.0.1:")[1].split()[0]
+        assert f"republished the registry's deployments of {name}" in first.stdout
+        assert tidal("broker", "stop", home=tmp_path).returncode == 0
+        second = tidal("broker", "start", home=tmp_path)
+        assert second.returncode == 0 and f"127.0.0.1:{port} " in second.stdout  # same port: workers reconnect
+        c = Consumer(KafkaSettings(f"127.0.0.1:{port}").client_config({"group.id": "t", "log_level": 3,
+                                                                       "enable.partition.eof": True}))
+        c.assign([TopicPartition("tidal.models", 0, 0)])
+        got = [m for m in c.consume(10, 10) if not m.error()]
+        c.close()
+        assert [orjson.loads(m.value())["model"] for m in got] == [name]  # tidal.models is not empty
+    finally:
+        tidal("broker", "stop", home=tmp_path)

@@ -78,6 +78,47 @@ def version() -> None:
     typer.echo(__version__)
 
 
+def _free_or_zero(port: int) -> int:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return 0
+    return port
+
+
+def _republish(bootstrap: str) -> None:
+    """The broker's storage is in memory: publish the default registry's current deployments to
+    the new ``tidal.models`` so followers find their models again."""
+    import os
+
+    from tidal.broker.embedded import tidal_home
+    from tidal.registry import KafkaPublisher, Registry, RegistryError
+
+    root = Path(os.environ.get("TIDAL_REGISTRY", tidal_home() / "registry"))
+    if not (root / "registry.db").exists():
+        return
+    try:
+        reg = Registry(root, KafkaPublisher(KafkaSettings(bootstrap)))
+        names = [m.name for m in reg.list_models()]
+    except Exception:  # noqa: BLE001 - no registry yet: nothing to publish
+        return
+    done = []
+    for name in names:
+        try:
+            reg.republish(name)
+            done.append(name)
+        except RegistryError:  # registered, never deployed
+            continue
+        except Exception as exc:  # noqa: BLE001 - the broker is up; say what did not go
+            typer.echo(f"warning: could not republish {name}: {exc}", err=True)
+    if done:
+        typer.echo(f"republished the registry's deployments of {', '.join(done)} to tidal.models")
+    reg.publisher.close()
+
+
 @broker_app.command("start")
 def broker_start(port: int = typer.Option(0, help="Port on 127.0.0.1 (0: a free one)."),
                  foreground: bool = typer.Option(False, help="Stay attached; Ctrl-C stops it.")) -> None:
@@ -88,6 +129,9 @@ def broker_start(port: int = typer.Option(0, help="Port on 127.0.0.1 (0: a free 
     if state is not None:
         typer.echo(f"already running: {state.bootstrap} (pid {state.pid})")
         return
+    last = tidal_home() / "broker.last-port"  # the same port as last time, when free: running workers reconnect
+    if not port and last.exists():
+        port = _free_or_zero(int(last.read_text() or 0))
     broker = EmbeddedBroker(port or None, log_path=tidal_home() / "broker.log", detach=not foreground)
     try:
         broker.start()
@@ -95,7 +139,10 @@ def broker_start(port: int = typer.Option(0, help="Port on 127.0.0.1 (0: a free 
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     broker.state().save()
+    last.parent.mkdir(parents=True, exist_ok=True)
+    last.write_text(str(broker.port))
     typer.echo(f"embedded broker on {broker.bootstrap} (pid {broker.process.pid}); storage is in memory")
+    _republish(broker.bootstrap)
     if foreground:
         try:
             broker.process.wait()

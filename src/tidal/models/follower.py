@@ -82,7 +82,8 @@ class DeploymentFollower:
         if not self._ready.wait(timeout):
             detail = f" (errors: {self.errors[-1]})" if self.errors else ""
             raise TimeoutError(f"no deployment of model {self.model!r} on {self.topic} within {timeout:.0f}s{detail}; "
-                               f"promote a version with `tidal models promote {self.model} VERSION`")
+                               f"promote a version with `tidal models promote {self.model} VERSION`, or, after the "
+                               f"embedded broker restarted (its topics are in memory), `tidal models publish {self.model}`")
         assert self.routing is not None
         return self.routing
 
