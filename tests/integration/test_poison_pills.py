@@ -140,3 +140,42 @@ def test_a_huge_line_in_an_ingested_file_goes_to_the_dlq_and_the_rest_is_deliver
     h = headers(dead)
     assert h["tidal.error.reason"] == b"too_large" and int(h["tidal.error.original_size"]) == len(big)
     assert len(dead.value()) < 1_000_000
+
+
+def test_bad_records_on_tidal_topics_are_skipped_and_counted(settings, name):
+    """A table topic, tidal.alerts and tidal.models with garbage on them: the join, status and a
+    follower go on, and say how many they skipped."""
+    from tidal.broker.skipped import skipped
+    from tidal.broker.topics import ALERTS_TOPIC, COMPACTED, MODELS_TOPIC
+    from tidal.features import TableJoin
+    from tidal.models.follower import DeploymentFollower
+    from tidal.monitor.status import cluster_status
+
+    from .kafka_helpers import produce
+
+    table = f"{name}.customers"
+    ensure_topics(settings, [TopicSpec(table, 1, COMPACTED), TopicSpec(ALERTS_TOPIC, 1), TopicSpec(MODELS_TOPIC, 1)])
+    produce(settings, table, [b'{"segment": "gold"}', b"\xff not json", b"[1, 2]"], keys=[b"c1", b"c2", b"c3"])
+    before = skipped(table), skipped(ALERTS_TOPIC), skipped(MODELS_TOPIC)
+    produce(settings, ALERTS_TOPIC, [b"garbage", b'"a string"'], keys=[b"x", b"y"])
+    produce(settings, MODELS_TOPIC, [b"{not json"], keys=[name.encode()])
+    p = Pipeline(name, schema=Schema.from_dict({"customer": "str"}), partitions=1, max_wait_ms=20,
+                 steps=[TableJoin(table, "customer", ["segment"])])
+    ensure_topics(settings, p.topic_specs())
+    produce_big(settings, f"{name}.events", [b'{"customer": "c1"}', b'{"customer": "c2"}'])
+    Worker(p, settings, hooks=WorkerHooks()).run(idle_exit_s=5)
+    out = records(read_all(settings, f"{name}.predictions", 1))
+    assert [r["segment"] for r in out] == ["gold", None]
+    assert skipped(table) - before[0] == 2
+    status = cluster_status(settings)  # reads tidal.alerts and tidal.models: no exception
+    assert isinstance(status["active_alerts"], list) and skipped(ALERTS_TOPIC) - before[1] >= 2
+    assert skipped(MODELS_TOPIC) - before[2] >= 1
+    follower = DeploymentFollower(settings, name).start()
+    try:
+        deadline = time.monotonic() + 20
+        while not follower.refused and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert follower.refused and follower.routing is None  # refused, still following
+        assert follower._thread.is_alive()
+    finally:
+        follower.stop()

@@ -15,9 +15,9 @@ import time
 from typing import Any, Sequence
 
 import numpy as np
-import orjson
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from tidal.broker.skipped import loads_or_skip
 from tidal.config import KafkaSettings
 from tidal.stream.batch import Batch
 from tidal.stream.step import Step
@@ -68,7 +68,9 @@ class TableJoin(Step):
                     if m.value() is None:
                         self.table.pop(key, None)
                     else:
-                        self.table[key] = orjson.loads(m.value())
+                        row = loads_or_skip(m.value(), self.topic)  # a bad table record never stops the join
+                        if row is not None:
+                            self.table[key] = row
                 if not loading:
                     self._loaded.set()
         finally:

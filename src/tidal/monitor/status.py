@@ -10,10 +10,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import orjson
 from confluent_kafka import OFFSET_END, Consumer, ConsumerGroupTopicPartitions, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from tidal.broker.skipped import loads_or_skip
 from tidal.broker.topics import ALERTS_TOPIC, MODELS_TOPIC
 from tidal.broker.read import read_topic
 from tidal.config import KafkaSettings
@@ -89,12 +89,16 @@ def cluster_status(settings: KafkaSettings, timeout: float = 10.0) -> dict[str, 
     if MODELS_TOPIC in md.topics:
         for m in read_topic(settings, MODELS_TOPIC, timeout):
             if m.key() and m.value():
-                status["models"][m.key().decode()] = orjson.loads(m.value())
+                record = loads_or_skip(m.value(), MODELS_TOPIC)
+                if record is not None:
+                    status["models"][m.key().decode("utf-8", "replace")] = record
     if ALERTS_TOPIC in md.topics:
         active: dict[str, dict] = {}
         for m in read_topic(settings, ALERTS_TOPIC, timeout):
-            event = orjson.loads(m.value())
-            key = event.get("rule") or event.get("type", "?")
+            event = loads_or_skip(m.value(), ALERTS_TOPIC)
+            if event is None:
+                continue
+            key = str(event.get("rule") or event.get("type", "?"))
             if event.get("state") == "resolved":
                 active.pop(key, None)
             else:
