@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import os
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -29,19 +32,46 @@ import msgspec
 
 from tidal.quality.schema import Field, Schema, WireDecodeError
 
-__all__ = ["AvroFile", "RegistryWire", "avro_schema", "json_schema", "registry_client", "fields_from_avro"]
+__all__ = ["AvroFile", "RegistryWire", "RegistryUnavailable", "avro_schema", "json_schema", "registry_client",
+           "registry_conf", "fields_from_avro"]
+
+log = logging.getLogger("tidal.serdes")
 
 _CLIENTS: dict[str, Any] = {}
 
 
+def registry_conf() -> dict[str, str]:
+    """Schema Registry client settings from the environment: ``TIDAL_SCHEMA_REGISTRY_<SETTING>``
+    (``_`` for ``.``), e.g. ``TIDAL_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO=key:secret`` or
+    ``TIDAL_SCHEMA_REGISTRY_SSL_CA_LOCATION=/etc/ca.pem``."""
+    prefix = "TIDAL_SCHEMA_REGISTRY_"
+    return {k[len(prefix):].lower().replace("_", "."): v for k, v in os.environ.items() if k.startswith(prefix)}
+
+
 def registry_client(url: str, conf: Mapping[str, Any] | None = None) -> Any:
-    """One Schema Registry client per URL (``mock://...`` is confluent-kafka's in-memory registry)."""
+    """One Schema Registry client per URL (``mock://...`` is confluent-kafka's in-memory registry);
+    auth and TLS from ``conf``, else from :func:`registry_conf`."""
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
     client = _CLIENTS.get(url)
     if client is None:
-        client = _CLIENTS[url] = SchemaRegistryClient.new_client({"url": url, **dict(conf or {})})
+        settings = dict(conf) if conf is not None else registry_conf()
+        client = _CLIENTS[url] = SchemaRegistryClient.new_client({"url": url, **settings})
     return client
+
+
+class RegistryUnavailable(RuntimeError):
+    """The Schema Registry did not answer: the batch is not decoded (nor dead-lettered); the
+    worker stops without committing and is re-run."""
+
+
+def _transport(exc: BaseException) -> bool:
+    """Whether ``exc`` says the registry could not be reached (not that the payload is bad)."""
+    status = getattr(exc, "http_status_code", None)
+    if isinstance(status, int):
+        return status < 0 or status >= 500 or status == 429
+    name = type(exc).__name__
+    return isinstance(exc, (OSError, TimeoutError)) or any(w in name for w in ("Connect", "Timeout", "Transport"))
 
 
 class _Decoder:
@@ -55,7 +85,9 @@ class _Decoder:
             raise WireDecodeError("empty message (tombstone)")
         try:
             record = self.wire.decode(value)
-        except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad payload
+        except RegistryUnavailable:
+            raise  # not the payload's fault: no dead letter
+        except Exception as exc:  # noqa: BLE001 - any other decoder failure is a bad payload
             raise WireDecodeError(f"{type(exc).__name__}: {exc}") from None
         if not isinstance(record, dict):
             raise msgspec.ValidationError(f"Expected `object`, got `{type(record).__name__}`")
@@ -104,6 +136,7 @@ class RegistryWire:
             raise ValueError("format: avro or json")
         self.url, self.format, self.schema_str, self.topic = url, format, schema, topic
         self.client = registry_client(url, conf)
+        self.retry_s = 20.0  # how long a registry outage is retried before the worker stops
         self._deserializer = None
         self._serializer = None
 
@@ -125,7 +158,22 @@ class RegistryWire:
                 from confluent_kafka.schema_registry.json_schema import JSONDeserializer
 
                 self._deserializer = JSONDeserializer(None, schema_registry_client=self.client)
-        return self._deserializer(value, self._ctx())
+        if value[:1] != b"\x00" or len(value) < 5:  # told apart without asking the registry
+            raise ValueError("not the Confluent wire format (magic byte 0, then a 4-byte schema id)")
+        delay, waited = 0.2, 0.0
+        while True:
+            try:
+                return self._deserializer(value, self._ctx())
+            except Exception as exc:  # noqa: BLE001 - sorted below: bad payload, or registry down
+                if not _transport(exc):
+                    raise
+                if waited >= self.retry_s:
+                    raise RegistryUnavailable(f"Schema Registry {self.url} unreachable for {waited:.0f}s: "
+                                              f"{type(exc).__name__}: {exc}") from None
+                log.warning("Schema Registry %s: %s; retrying in %.1fs", self.url, exc, delay)
+                time.sleep(delay)
+                waited += delay
+                delay = min(delay * 2, 5.0)
 
     def encode(self, record: Mapping[str, Any], topic: str | None = None) -> bytes:
         """Serialise like a Confluent producer would (registers ``schema`` under ``<topic>-value``)."""
