@@ -179,3 +179,20 @@ def test_bad_records_on_tidal_topics_are_skipped_and_counted(settings, name):
         assert follower._thread.is_alive()
     finally:
         follower.stop()
+
+
+def test_a_line_longer_than_the_cap_is_dead_lettered_without_reading_it_whole(settings, name, tmp_path, monkeypatch):
+    from tidal.connect import Backoff, FileSource, PositionFile, SourceRunner
+    from tidal.connect import file_source
+
+    monkeypatch.setattr(file_source, "MAX_LINE_BYTES", 6 << 20)  # over one read chunk (4 MiB), quick to write
+    data = tmp_path / "in"
+    data.mkdir()
+    (data / "a.jsonl").write_bytes(b'{"id": 1}\n{"id": 2}\n' + b"z" * (13 << 20) + b'\n{"id": 4}\n')
+    source = FileSource(data, key_field="id", ledger=tmp_path / "ledger.json", done_dir=tmp_path / "done")
+    SourceRunner(source, settings, f"{name}.events", position_file=PositionFile(tmp_path / "pos.json"),
+                 backoff=Backoff(initial=0.05, maximum=0.2, jitter=0.0)).run(until=lambda: source.finished)
+    assert sorted(orjson.loads(m.value())["id"] for m in read_all(settings, f"{name}.events", 4)) == [1, 2, 4]
+    (dead,) = read_all(settings, f"{name}.dlq", 4)
+    assert headers(dead)["tidal.error.reason"] == b"line_too_long" and len(dead.value()) == 4096
+    assert orjson.loads(headers(dead)["tidal.connect.position"])["line"] == 3

@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet",
            ".pq": "parquet"}
 _PARTIAL = (".tmp", ".part", ".partial")
+MAX_LINE_BYTES = 16 * 1024 * 1024  # a JSON Lines line over this is dead-lettered, not read into memory
 CHUNK_BYTES = 4 << 20  # CSV / JSON Lines are converted this many bytes at a time (fixed: positions depend on it)
 PARQUET_BATCH = 10_000
 
@@ -167,15 +168,25 @@ def _read_jsonl(path: Path, file: str, key_field: str | None, skip_through: int)
     with open(path, "rb") as fh:
         line = 0
         rest = b""
+        skipping = False  # inside a line over MAX_LINE_BYTES: dropped up to its newline
         while True:
             data = fh.read(CHUNK_BYTES)
+            eof = not data
+            if skipping:
+                end = data.find(b"\n")
+                if end < 0 and not eof:
+                    continue
+                skipping, data = False, data[end + 1:] if end >= 0 else b""
             chunk = rest + data
-            if data:
+            if not eof:
                 cut = chunk.rfind(b"\n") + 1
                 chunk, rest = chunk[:cut], chunk[cut:]
+                too_long = rest[:4096] if len(rest) > MAX_LINE_BYTES else None
+                if too_long is not None:  # one line longer than any record: never held whole in memory
+                    rest, skipping = b"", True
             else:
                 rest = b""
-            lines = chunk.split(b"\n")
+            lines = chunk.split(b"\n") if chunk else []  # no whole line yet: nothing to count
             if chunk.endswith(b"\n"):
                 lines.pop()
             items: list[Item] = []
@@ -197,9 +208,14 @@ def _read_jsonl(path: Path, file: str, key_field: str | None, skip_through: int)
                                            f"{type(value).__name__}, not an object", position=pos))
                     continue
                 items.append(SourceRecord(raw, _key(value, key_field), pos))
+            if not eof and too_long is not None:
+                line += 1
+                if line > skip_through:
+                    items.append(BadRecord(too_long, "line_too_long", f"{file} line {line}: over {MAX_LINE_BYTES:,} "
+                                           "bytes (its first 4096 kept here)", position={"file": file, "line": line}))
             if items:
                 yield items
-            if not data:
+            if eof:
                 return
 
 
