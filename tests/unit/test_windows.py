@@ -93,3 +93,21 @@ def test_bad_configuration_is_refused():
         WindowAggregate("k", {"x": ("x", "median")})
     with pytest.raises(ValueError, match="hop_s"):
         WindowAggregate("k", {"x": ("x", "sum")}, hop_s=5)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 7])
+def test_running_aggregates_forget_a_key_idle_for_idle_ttl_s_whatever_the_batching(batch_size):
+    from tidal.features import WindowAggregate
+    from tidal.stream.batch import Batch
+    from tidal.stream.state import StateStore
+
+    rows = [{"k": "a", "x": 1.0, "ts": 0}, {"k": "b", "x": 1.0, "ts": 1000}, {"k": "a", "x": 1.0, "ts": 5000},
+            {"k": "c", "x": 1.0, "ts": 12_000}, {"k": "b", "x": 1.0, "ts": 12_500},
+            {"k": "a", "x": 1.0, "ts": 13_000}, {"k": "c", "x": 1.0, "ts": 40_000}]
+    step = WindowAggregate("k", {"n": ("x", "count")}, time_field="ts", idle_ttl_s=10, max_future_s=None)
+    step.state_store = StateStore("w")
+    got = []
+    for i in range(0, len(rows), batch_size):
+        got += step.process(Batch.from_rows(rows[i:i + batch_size])).columns["n"].tolist()
+    assert got == [1, 1, 2, 1, 1, 3, 1]  # b (11.5 s idle) and c (28 s) start again; a (8 s) does not
+    assert sorted(k for k in step.state_store.partition(0).data if not k.startswith("\x00")) == ["c"]

@@ -5,7 +5,8 @@ and writes to each event the aggregates of its window *including itself* — a c
 in this hour, a user's sessions this day. State lives in the worker's changelog-backed
 store (:mod:`tidal.stream.state`), so it survives restarts and moves with its partition.
 
-- ``window_s=None``: running aggregates over all time;
+- ``window_s=None``: running aggregates over all time (``idle_ttl_s``: a key with no event for
+  that long, in event time, is forgotten: memory stays bounded by the keys active lately);
 - ``window_s`` only: tumbling windows ``[k*w, (k+1)*w)``;
 - ``window_s`` and ``hop_s``: hopping windows starting every ``hop_s``; the event gets the
   window that contains it and started earliest (the most history, ending soonest after it).
@@ -41,16 +42,22 @@ from tidal.features.keyed import KeyedAggregate
 
 __all__ = ["WindowAggregate", "AGGREGATES"]
 
+_LAST = "@last"  # running aggregates with idle_ttl_s: the key's latest event time
+
 
 class WindowAggregate(KeyedAggregate):
     """Aggregates ``aggs`` (output name → (field, aggregate), or :class:`Agg`) per ``key`` and window."""
 
     def __init__(self, key: str, aggs: Mapping[str, Any] | Sequence[Agg], window_s: float | None = None,
                  hop_s: float | None = None, time_field: str | None = None, lateness_s: float = 0.0,
-                 late: str = "dlq", name: str = "window", **state: Any) -> None:
+                 late: str = "dlq", name: str = "window", idle_ttl_s: float | None = None,
+                 **state: Any) -> None:
         if hop_s is not None and (window_s is None or not 0 < hop_s <= window_s):
             raise ValueError("hop_s needs window_s and must be in (0, window_s]")
         super().__init__(key, aggs, time_field, lateness_s, late, name, **state)
+        if idle_ttl_s is not None and window_s is not None:
+            raise ValueError("idle_ttl_s is for running aggregates (window_s=None); windows expire by themselves")
+        self.idle_ttl_ms = None if idle_ttl_s is None else int(idle_ttl_s * 1000)
         self.window_ms = None if window_s is None else int(window_s * 1000)
         self.hop_ms = None if hop_s is None else int(hop_s * 1000)
 
@@ -87,6 +94,8 @@ class WindowAggregate(KeyedAggregate):
         starts = self._starts(t)
         if w is not None and starts[-1] + w + lateness <= watermark:
             return None  # even its latest window has closed
+        if w is None and windows is not None and self.idle_ttl_ms is not None:
+            windows = self._prune(windows, max(watermark, t))  # idle too long: starts again (as at batch end)
         if windows is None:
             windows = {}
         first = None
@@ -100,16 +109,21 @@ class WindowAggregate(KeyedAggregate):
                 accs = windows[sk] = {}
             self.agg.add(accs, cols, i)
         result = self.agg.results(windows[first])
+        if w is None and self.idle_ttl_ms is not None:
+            windows[_LAST] = max(t, windows.get(_LAST, t))
         if w is not None and len(windows) > len(starts):  # forget windows that closed for good
             windows = self._prune(windows, max(watermark, t))
         return windows, result, self._expiry(windows)
 
     def _expiry(self, windows: Any) -> int | None:
         if self.window_ms is None:
-            return None
+            return windows[_LAST] + self.idle_ttl_ms if self.idle_ttl_ms is not None and _LAST in windows else None
         return min(map(int, windows)) + self.window_ms + self.lateness_ms
 
     def _prune(self, windows: Any, watermark: int) -> Any:
+        if self.window_ms is None:  # running aggregates: forgotten after idle_ttl_s without an event
+            last = windows.get(_LAST)
+            return None if last is not None and watermark >= last + self.idle_ttl_ms else windows
         keep = watermark - self.window_ms - self.lateness_ms  # a window closed when start <= keep
         if all(int(s) > keep for s in windows):
             return windows
