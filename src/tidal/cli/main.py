@@ -53,7 +53,8 @@ def spec_or_exit(spec: Path) -> None:
     try:
         load_pipeline(spec).check()
     except (ValueError, TypeError, KeyError, ImportError, AttributeError, yaml.YAMLError) as exc:
-        typer.echo(f"error: {spec}: {exc}", err=True)
+        hint = missing_extra(exc) if isinstance(exc, ModuleNotFoundError) else None
+        typer.echo(f"error: {spec}: {hint or exc}", err=True)
         raise typer.Exit(2) from None
 
 
@@ -364,6 +365,29 @@ def demo_fraud(events: int = typer.Option(300_000, help="Transactions to generat
     raise typer.Exit(0 if summary["accounted"] else 1)
 
 
+EXTRAS = {  # a missing module -> the extra that installs it
+    "starlette": "serve", "uvicorn": "serve", "httpx": "serve", "numba": "detect", "river": "learn",
+    "pandas": "learn", "scipy": "learn", "duckdb": "sql", "pyarrow": "files", "psycopg": "postgres",
+    "paho": "mqtt", "onnx": "onnx", "onnxruntime": "onnx", "skl2onnx": "onnx", "onnxmltools": "onnx",
+    "matplotlib": "reports", "datasketches": "sketches", "rocksdict": "rocksdb", "fastavro": "avro",
+    "jsonschema": "avro", "authlib": "avro", "cachetools": "avro", "attrs": "avro",
+}
+
+
+def missing_extra(exc: ModuleNotFoundError) -> str | None:
+    """``pip install 'tidal[X]'`` for a module an extra provides, else None."""
+    root = (exc.name or "").split(".")[0]
+    extra = EXTRAS.get(root)
+    return f"this needs {root}, which the lean install leaves out: pip install 'tidal[{extra}]'" if extra else None
+
+
 def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    app()
+    try:
+        app()
+    except ModuleNotFoundError as exc:
+        hint = missing_extra(exc)
+        if hint is None:
+            raise
+        typer.echo(f"error: {hint}", err=True)
+        raise SystemExit(2) from None

@@ -6,7 +6,8 @@ the ``X-Tidal-Key`` header for canary / A-B):
 - ``GET /v2/health/live``, ``/v2/health/ready``, ``/v2/models/{name}[/versions/{v}]/ready``: 200, or
   4xx (400 not ready, 404 unknown), empty body;
 - ``GET /v2``, ``/v2/models/{name}[/versions/{v}]``: server and model metadata;
-- ``POST /v2/models/{name}[/versions/{v}]/infer``: inference (OIP JSON tensors);
+- ``POST /v2/models/{name}[/versions/{v}]/infer``: inference (OIP JSON tensors, or the binary tensor
+  data extension that ``tritonclient`` uses: see :mod:`tidal.serve.binary`);
 - ``POST /predict/{name}``: JSON records in, ``{"predictions": [{"score", "decision"}]}`` out;
 - ``GET /metrics``: Prometheus text format.
 
@@ -30,8 +31,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tidal.serve.binary import HEADER, binary_outputs, decode_infer_request, encode_infer_response
 from tidal.serve.dataplane import DataPlane
-from tidal.serve.protocol import BadRequest, PayloadTooLarge, ServeError, Unauthorized, decode_request
+from tidal.serve.protocol import BadRequest, PayloadTooLarge, ServeError, Unauthorized
 
 log = logging.getLogger("tidal.serve")
 
@@ -40,6 +42,7 @@ __all__ = ["create_app", "KEY_HEADER", "DEFAULT_MAX_BODY"]
 KEY_HEADER = "x-tidal-key"
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 _JSON = "application/json"
+_BINARY = "application/octet-stream"
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -93,7 +96,11 @@ def create_app(plane: DataPlane, *, max_body_bytes: int = DEFAULT_MAX_BODY, toke
         return request.path_params["name"], request.path_params.get("version")
 
     async def server_metadata(request: Request) -> Response:
-        return _json(plane.metadata())
+        meta = plane.metadata()
+        extensions = list(meta.get("extensions") or [])
+        if "binary_tensor_data" not in extensions:  # an HTTP-level extension: this app implements it
+            extensions.append("binary_tensor_data")
+        return _json({**meta, "extensions": extensions})
 
     async def model_metadata(request: Request) -> Response:
         return _json(plane.model_metadata(*params(request)))
@@ -101,8 +108,14 @@ def create_app(plane: DataPlane, *, max_body_bytes: int = DEFAULT_MAX_BODY, toke
     async def infer(request: Request) -> Response:
         name, version = params(request)
         plane.repository.pick(name, version)  # 404 / 503 before reading a large body
-        req = decode_request(await body(request))
-        return _json(await plane.infer(name, req, version, request.headers.get(KEY_HEADER)))
+        req = decode_infer_request(await body(request), request.headers.get(HEADER))
+        binary = binary_outputs(req)  # a bad flag is a 400 before the model runs
+        out = await plane.infer(name, req, version, request.headers.get(KEY_HEADER))
+        encoded = encode_infer_response(out, binary) if binary is not None else None
+        if encoded is None:
+            return _json(out)
+        content, header_length = encoded
+        return Response(content, 200, headers={HEADER: str(header_length)}, media_type=_BINARY)
 
     async def predict(request: Request) -> Response:
         name = request.path_params["name"]

@@ -2,7 +2,10 @@
 
 A request carries named tensors (``name``, ``shape``, ``datatype``, ``data``); ``data`` is the
 row-major content, flat or nested. Decoding validates the JSON structure (msgspec), and
-:func:`to_array` checks that the data fits the declared shape and datatype.
+:func:`to_array` checks that the data fits the declared shape and datatype. With the binary
+tensor data extension (:mod:`tidal.serve.binary`) a tensor has no ``data`` in the JSON: its
+content arrives as raw bytes after the JSON and is decoded into a numpy array, which
+:func:`to_array` then takes as it is.
 
 >>> req = decode_request(b'{"inputs": [{"name": "x", "shape": [2], "datatype": "FP64", "data": [0.5, 1.5]}]}')
 >>> to_array(req.inputs[0])
@@ -98,7 +101,7 @@ class RequestInput(msgspec.Struct, forbid_unknown_fields=False):
     name: str
     shape: list[int]
     datatype: str
-    data: Any
+    data: Any = msgspec.UNSET  # UNSET: absent (binary tensor data); an ndarray: decoded from binary data
     parameters: dict[str, Any] | None = None
 
 
@@ -150,6 +153,11 @@ def to_array(tensor: RequestInput) -> np.ndarray:
         raise BadRequest(f"input {tensor.name!r}: unknown datatype {tensor.datatype!r}; use one of {sorted(DATATYPES)}")
     if any(d < 0 for d in tensor.shape):
         raise BadRequest(f"input {tensor.name!r}: negative dimension in shape {tensor.shape}")
+    if isinstance(tensor.data, np.ndarray):  # binary tensor data, already checked against shape and datatype
+        return tensor.data
+    if tensor.data is msgspec.UNSET:
+        raise BadRequest(f"input {tensor.name!r}: missing required field 'data' (or binary data: "
+                         f"parameters.binary_data_size with an Inference-Header-Content-Length header)")
     flat = _flatten(tensor.data, tensor.name)
     expected = math.prod(tensor.shape)
     if len(flat) != expected:
