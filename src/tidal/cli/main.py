@@ -367,10 +367,9 @@ def demo_fraud(events: int = typer.Option(300_000, help="Transactions to generat
 
 EXTRAS = {  # a missing module -> the extra that installs it
     "starlette": "serve", "uvicorn": "serve", "httpx": "serve", "numba": "detect", "river": "learn",
-    "pandas": "learn", "scipy": "learn", "duckdb": "sql", "pyarrow": "files", "psycopg": "postgres",
+    "pandas": "learn", "duckdb": "sql", "pyarrow": "files", "psycopg": "postgres",
     "paho": "mqtt", "onnx": "onnx", "onnxruntime": "onnx", "skl2onnx": "onnx", "onnxmltools": "onnx",
     "matplotlib": "reports", "datasketches": "sketches", "rocksdict": "rocksdb", "fastavro": "avro",
-    "jsonschema": "avro", "authlib": "avro", "cachetools": "avro", "attrs": "avro",
 }
 
 
