@@ -116,6 +116,12 @@ def train_cmd(pipeline: str = typer.Argument(..., help="The pipeline whose data 
               task: str = typer.Option("binary", help="binary or regression."),
               holdout: float = typer.Option(0.2, help="Newest share of the rows held out for evaluation."),
               promote: bool = typer.Option(False, "--promote", help="Make the new version the champion (deploys it)."),
+              automl: bool = typer.Option(False, "--automl", help="Search several model families (time-ordered "
+                                          "validation), register the best as challenger; with --promote, champion "
+                                          "only if it beats the champion on the same holdout."),
+              time_budget: float = typer.Option(120.0, "--time-budget", help="AutoML: seconds of search."),
+              families: str = typer.Option("", "--families", help="AutoML: among logistic, lightgbm, hist_gb, "
+                                           "random_forest, extra_trees (default: all)."),
               as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
               registry_path: Optional[Path] = RegistryOpt, bootstrap: Optional[str] = BootstrapOpt,
               kafka_config: Optional[str] = KafkaConfigOpt) -> None:
@@ -142,7 +148,9 @@ def train_cmd(pipeline: str = typer.Argument(..., help="The pipeline whose data 
     try:
         result = train_from_topic(settings, read, feats, name=name, label=label, kind=model, task=task,
                                   holdout=holdout, registry=registry, promote=promote,
-                                  categorical=[c for c in categorical.split(",") if c], **window)
+                                  categorical=[c for c in categorical.split(",") if c], automl=automl,
+                                  families=[f for f in families.split(",") if f] or None, time_budget_s=time_budget,
+                                  **window)
     except ValueError as exc:
         _fail(str(exc))
     out = {"model": result.version.uri, "promoted": result.promoted, "metrics": result.metrics,
@@ -150,7 +158,17 @@ def train_cmd(pipeline: str = typer.Argument(..., help="The pipeline whose data 
     if as_json:
         sys.stdout.write(json.dumps(out) + "\n")
         return
-    typer.echo(f"registered {result.version.uri}{' (champion)' if result.promoted else ''}")
+    search = result.lineage.get("automl")
+    if search is not None:
+        for c in search["candidates"]:
+            how = f"{c['metric']} {c['value']:.4f} ({c['seconds']:.1f}s)" if "value" in c else \
+                c.get("skipped") or c.get("error")
+            typer.echo(f"  candidate {c['family']:<13} {json.dumps(c['params'])}: {how}")
+        if "same_as" in search:
+            typer.echo(f"AutoML's best is {search['same_as']} itself (the same artifact): nothing new registered")
+            return
+    typer.echo(f"registered {result.version.uri}{' (champion)' if result.promoted else ''}"
+               f"{' (challenger)' if search is not None and not result.promoted else ''}")
     for k, v in sorted(result.metrics.items()):
         typer.echo(f"  {k:>20}: {v:.4f}" if isinstance(v, float) else f"  {k:>20}: {v}")
     typer.echo(f"  trained on {read} {result.lineage['ranges']}")

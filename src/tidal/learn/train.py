@@ -247,8 +247,15 @@ def train_from_topic(settings: Any, topic: str, features: Sequence[str], *, name
                      kind: str | Callable[[np.ndarray, np.ndarray], Any] = "lightgbm", task: str = "binary",
                      holdout: float = 0.2, registry: Any = None, promote: bool = False,
                      categorical: Iterable[str] = (), categories: Mapping[str, Sequence[str]] | None = None,
-                     params: Mapping[str, Any] | None = None, seed: int = 7, **window: Any) -> TrainResult:
+                     params: Mapping[str, Any] | None = None, seed: int = 7, automl: bool = False,
+                     families: Sequence[str] | None = None, time_budget_s: float = 120.0,
+                     **window: Any) -> TrainResult:
     """Replay, train on the older rows, evaluate on the newest ``holdout`` share, register (and promote).
+
+    ``automl``: instead of ``kind``, search the families of :mod:`tidal.learn.automl` on a
+    time-ordered validation split of the training rows, refit the best on all of them; the
+    version is registered as the ``challenger`` with every candidate's figure in its lineage,
+    and ``promote`` makes it the champion only if it beats the champion on the same holdout.
 
     ``window``: ``start``/``end`` (offsets per partition), ``since_ms``/``until_ms``,
     ``labels_topic``, ``id_field``, ``schema`` — see :func:`load_training_data`.
@@ -261,8 +268,19 @@ def train_from_topic(settings: Any, topic: str, features: Sequence[str], *, name
         raise ValueError(f"only {len(data)} labelled rows in the window of {topic}; nothing to train on")
     train_rows, test_rows = time_split(data.timestamps, holdout)
     cat_idx = [data.features.index(f) for f in data.categories if f in data.features]
-    model = fit_model(kind, data.X[train_rows], data.y[train_rows], task=task, categorical_idx=cat_idx, seed=seed,
-                      params=params)
+    search_record: dict[str, Any] | None = None
+    if automl:
+        from tidal.learn.automl import fit_candidate, search
+
+        best, tried = search(data.X[train_rows], data.y[train_rows], data.timestamps[train_rows], task=task,
+                             categorical_idx=cat_idx, families=families, time_budget_s=time_budget_s, seed=seed)
+        model = fit_candidate(best["family"], best["params"], data.X[train_rows], data.y[train_rows], task=task,
+                              categorical_idx=cat_idx, seed=seed)
+        kind, params = f"automl:{best['family']}", best["params"]
+        search_record = {"best": best, "candidates": tried, "time_budget_s": time_budget_s}
+    else:
+        model = fit_model(kind, data.X[train_rows], data.y[train_rows], task=task, categorical_idx=cat_idx,
+                          seed=seed, params=params)
     metrics = evaluate(data.y[test_rows], predict_scores(model, data.X[test_rows], task), task)
     metrics = {f"holdout_{k}": v for k, v in metrics.items()}
     metrics.update({"train_rows": float(len(train_rows)), "unlabelled_rows": float(data.unlabelled),
@@ -272,8 +290,12 @@ def train_from_topic(settings: Any, topic: str, features: Sequence[str], *, name
                "holdout_ranges": data.ranges(test_rows), "labels_topic": data.labels_topic,
                "time_ms": [int(ts.min()), int(ts.max())], "holdout_from_ms": int(ts[test_rows].min()),
                "rows": len(data), "kind": kind if isinstance(kind, str) else getattr(kind, "__name__", "custom")}
+    if search_record is not None:
+        lineage["automl"] = search_record
     result = TrainResult(model, metrics, lineage)
-    if registry is not None:
+    if registry is not None and search_record is not None:
+        _register_challenger(result, registry, name, data, test_rows, task, params, topic, promote)
+    elif registry is not None:
         result.version = registry.register(name, model=model, features=data.features, categories=data.categories,
                                            task=task, metrics=metrics, lineage=lineage,
                                            params=dict(params or {}), tags={"trained_by": "tidal train"})
@@ -282,3 +304,49 @@ def train_from_topic(settings: Any, topic: str, features: Sequence[str], *, name
                              f"(holdout accuracy {metrics.get('holdout_accuracy', float('nan')):.4f})")
             result.promoted = True
     return result
+
+
+def _register_challenger(result: TrainResult, registry: Any, name: str, data: TrainingData, test_rows: np.ndarray,
+                         task: str, params: Any, topic: str, promote: bool) -> None:
+    """AutoML's winner: registered as ``challenger`` (the champion's figure on the same holdout in
+    its lineage); champion only if better there."""
+    from tidal.registry.records import CHAMPION
+
+    metrics = result.metrics
+    metric = "roc_auc" if task == "binary" else "rmse"
+    ours = metrics.get(f"holdout_{metric}")
+    theirs, comparable = None, True
+    try:
+        loaded = registry.load(f"{name}@{CHAMPION}")
+    except Exception:  # noqa: BLE001 - no champion yet
+        loaded = None
+    if loaded is not None:
+        same = list(loaded.card.features) == list(data.features) and \
+            {k: list(v) for k, v in (loaded.card.categories or {}).items()} == data.categories
+        if same:  # the same columns and category codes: scored on the very same holdout rows
+            theirs = evaluate(data.y[test_rows], np.asarray(loaded.predict(data.X[test_rows])), task).get(metric)
+        comparable = theirs is not None
+    result.lineage["automl"].update(champion_holdout=theirs, metric=metric)
+    from tidal.registry import RegistryError
+
+    try:
+        result.version = registry.register(name, model=result.model, features=data.features,
+                                           categories=data.categories, task=task, metrics=metrics,
+                                           lineage=result.lineage, params=dict(params or {}),
+                                           tags={"trained_by": "tidal train --automl"})
+    except RegistryError as exc:  # the winner is, byte for byte, a version already registered
+        import re
+
+        same = re.search(r"models:/(\S+)/(\d+)", str(exc))
+        if same is None:
+            raise
+        result.version = registry.get(same.group(1), int(same.group(2)))
+        result.lineage["automl"]["same_as"] = result.version.uri
+        return
+    registry.promote(name, result.version.version, alias="challenger", reason="tidal train --automl")
+    better = ours is not None and comparable and \
+        (theirs is None or (ours > theirs if higher_is_better(metric) else ours < theirs))
+    if promote and better:
+        registry.promote(name, result.version.version, reason=f"tidal train --automl on {topic}: holdout {metric} "
+                         f"{ours:.4f} vs champion {'none' if theirs is None else f'{theirs:.4f}'}")
+        result.promoted = True
