@@ -50,7 +50,7 @@ from tidal.stream.batch import Batch
 from tidal.stream.state import StateStore, opaque_bytes
 from tidal.stream.step import Step
 
-__all__ = ["SeriesAnomalyStep", "from_spec"]
+__all__ = ["SeriesAnomalyStep"]
 
 _SNAP, _TAIL = "s:", "t:"
 
@@ -230,13 +230,3 @@ class SeriesAnomalyStep(Step):
                 self.ctx.alert("change_point", f"change_point:{self._pipeline}:{self.field}:{key}", "firing",
                                f"{self.field} of {key or 'the stream'} changed (from its event {int(starts[i])})",
                                key=key, field=self.field, change_start=int(starts[i]), event_time=float(times[i]))
-
-
-def from_spec(args: dict, base: Any = None, kind: str = "anomaly", previous: list | None = None) -> Step:
-    """YAML ``- anomaly:``: ``{field: .., key: .., time_field: ..}`` for a series detector,
-    ``{features: [..], detector: iforest}`` for the point detectors of :mod:`tidal.quality.anomaly`."""
-    if "field" in args:
-        return SeriesAnomalyStep(args.pop("field"), **args)
-    from tidal.quality.anomaly import AnomalyStep
-
-    return AnomalyStep(args.pop("features"), **args)

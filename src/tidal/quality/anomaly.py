@@ -189,6 +189,12 @@ class AnomalyStep(QualityStep):
         return batch.with_column(self.flag_column, flag)
 
 
-def from_spec(args: dict, base: Any = None, kind: str = "anomaly", previous: list | None = None) -> AnomalyStep:
-    """YAML ``- anomaly: {features: [bytes, duration], detector: iforest}``."""
+def from_spec(args: dict, base: Any = None, kind: str = "anomaly", previous: list | None = None) -> Any:
+    """YAML ``- anomaly:``: ``{features: [bytes, duration], detector: iforest}`` for these point
+    detectors; ``{field: cpu, key: host, time_field: ts}`` for a series detector
+    (:mod:`tidal.detect`, the ``detect`` extra: imported only then)."""
+    if "field" in args:
+        from tidal.detect.step import SeriesAnomalyStep
+
+        return SeriesAnomalyStep(args.pop("field"), **args)
     return AnomalyStep(args.pop("features"), **args)
