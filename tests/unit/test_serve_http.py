@@ -335,3 +335,18 @@ def test_a_follower_keeps_only_the_most_recent_versions_loaded(tmp_path):
     assert list(follower._cache) == [targets[3].sha256, targets[4].sha256]  # the two newest, served last
     follower.apply(Deployment("m", "canary", targets[0], targets[4], share=0.1, seq=9))  # back to v1: loaded again
     assert set(follower._cache) == {targets[0].sha256, targets[4].sha256}
+
+
+def test_a_null_feature_is_a_422_naming_it_for_a_model_that_cannot_score_missing_values(tmp_path, folders):
+    from sklearn.linear_model import LogisticRegression
+
+    X = np.random.default_rng(5).random((100, 2))
+    save_model(LogisticRegression().fit(X, X[:, 0] > 0.5), tmp_path / "lr", "lr", 1, ["x", "y"])
+    repo = ModelRepository()
+    repo.add_folder(tmp_path / "lr")
+    repo.add_folder(folders / "toy-1")  # LightGBM takes missing values
+    with ModelServer(repo).start() as s, httpx.Client(base_url=s.url, timeout=10) as c:
+        r = c.post("/predict/lr", json=[{"x": 0.2, "y": None}])
+        assert r.status_code == 422 and "missing values" in r.json()["error"] and "y" in r.json()["error"]
+        assert c.post("/predict/lr", json=[{"x": 0.2, "y": 0.4}]).status_code == 200
+        assert c.post("/predict/toy", json=[{"x": 0.2, "y": None, "c": "a"}]).status_code == 200

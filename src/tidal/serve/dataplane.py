@@ -202,6 +202,11 @@ class DataPlane:
         try:
             return np.asarray(await self.batcher(model).predict(X), dtype=np.float64)
         except Exception as exc:  # noqa: BLE001 - any model failure is answered, with its name
+            nulls = [f for f, bad in zip(model.card.features, np.isnan(X).any(axis=0).tolist()) if bad] \
+                if X.dtype.kind == "f" else []
+            if nulls:  # the client's nulls, not the server's fault: 422 naming the fields
+                raise InvalidInput(f"model {model.name!r} v{model.version} cannot score missing values; null or "
+                                   f"missing in: {', '.join(nulls)}") from exc
             raise ModelError(f"model {model.name!r} v{model.version} failed: {type(exc).__name__}: {exc}") from exc
 
     # -- inputs → feature matrix -----------------------------------------------------------
