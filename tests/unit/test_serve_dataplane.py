@@ -122,8 +122,8 @@ def test_data_plane_answers_without_any_transport(plane):
     assert meta["versions"] == ["2"] and meta["platform"] == "sklearn" and meta["parameters"]["deployment"] == "single"
     out = run(plane.predict_records("m", [{"a": 1, "b": 1}, {"a": 0, "b": 0.5}]))
     assert out["predictions"][0]["decision"] is True and len(out["predictions"]) == 2
-    with pytest.raises(ModelError, match="model 'm' v2 failed: ValueError: Input X contains NaN"):
-        run(plane.predict_records("m", [{"a": 1, "b": None}]))  # this model takes no missing values
+    with pytest.raises(InvalidInput, match="model 'm' v2 cannot score missing values; null or missing in: b"):
+        run(plane.predict_records("m", [{"a": 1, "b": None}]))  # this model takes no missing values: 422
     with pytest.raises(ModelNotFound):
         plane.model_metadata("m", "1")
     with pytest.raises(ModelNotFound):
