@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tidal-installed
 
-.PHONY: install demo test bench clean system-deps
+.PHONY: install demo test bench clean system-deps test-cluster
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,3 +53,14 @@ bench-quick: $(BENCH_STAMP)
 
 clean:
 	rm -rf $(VENV) .tidal build dist src/*.egg-info
+
+# The integration tests against a Kafka cluster someone else runs (Apache Kafka, Redpanda, ...),
+# instead of the embedded broker: make test-cluster BOOTSTRAP=host:port
+# Tests of the embedded broker itself (marked embedded_only) are skipped. PYTEST_ARGS narrows it.
+ifneq ($(filter test-cluster,$(MAKECMDGOALS)),)
+ifeq ($(strip $(BOOTSTRAP)),)
+$(error usage: make test-cluster BOOTSTRAP=host:port [PYTEST_ARGS=...])
+endif
+endif
+test-cluster: $(STAMP)
+	TIDAL_TEST_BOOTSTRAP=$(BOOTSTRAP) $(BIN)/python -m pytest -m integration $(or $(PYTEST_ARGS),tests/integration)

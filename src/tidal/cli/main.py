@@ -37,6 +37,8 @@ demo_app.command("network")(demo_network)
 app.command("dashboard")(dashboard)
 app.command("bench")(bench)
 register_learn(app, demo_app)  # `tidal train`, `tidal learn`, `tidal demo maintenance|sentiment`
+from tidal.cli.records import register as register_records  # noqa: E402
+register_records(app)  # `tidal tail`, `tidal produce`, `tidal dlq replay`
 
 BootstrapOpt = typer.Option(None, "--bootstrap", "-b", envvar="TIDAL_BOOTSTRAP_SERVERS",
                             help="Kafka bootstrap servers (default: the running embedded broker).")
