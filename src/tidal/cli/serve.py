@@ -29,6 +29,9 @@ def serve(models: Optional[List[str]] = typer.Argument(None, help="Model folders
                                            "tidal.models say: hot-swap, canary by X-Tidal-Key (repeatable)."),
           host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 for every interface)."),
           port: int = typer.Option(8000, help="Port (0: a free one)."),
+          grpc_port: int = typer.Option(0, "--grpc-port", envvar="TIDAL_SERVE_GRPC_PORT",
+                                        help="Also serve OIP v2 over gRPC (inference.GRPCInferenceService) on this "
+                                             "port, same models, batching and --token (0: off)."),
           max_batch_size: int = typer.Option(0, help="Adaptive batching: most rows per model call (0/1: off)."),
           max_batch_time: float = typer.Option(0.0, help="Adaptive batching: longest wait in seconds (0: off)."),
           max_body_bytes: int = typer.Option(16 * 1024 * 1024, help="Largest request body (413 above)."),
@@ -46,7 +49,7 @@ def serve(models: Optional[List[str]] = typer.Argument(None, help="Model folders
                                                   help="Kafka bootstrap servers, for --follow."),
           kafka_config: Optional[str] = typer.Option(None, "--kafka-config", envvar="TIDAL_KAFKA_CONFIG",
                                                      help="librdkafka .properties file, for --follow.")) -> None:
-    """Serve models over the Open Inference Protocol v2 (HTTP) until Ctrl-C / SIGTERM."""
+    """Serve models over the Open Inference Protocol v2 (HTTP, and gRPC with --grpc-port) until Ctrl-C / SIGTERM."""
     from tidal.models import ArtifactError
     from tidal.serve.repository import ModelRepository
     from tidal.serve.server import ModelServer
@@ -89,12 +92,17 @@ def serve(models: Optional[List[str]] = typer.Argument(None, help="Model folders
             except TimeoutError as exc:
                 typer.echo(f"warning: {exc}; serving anyway (not ready until a deployment arrives)", err=True)
     server = ModelServer(repo, host=host, port=port, max_batch_size=max_batch_size, max_batch_time=max_batch_time,
-                         max_body_bytes=max_body_bytes, max_rows=max_rows, token=token, workers=workers)
+                         max_body_bytes=max_body_bytes, max_rows=max_rows, token=token, workers=workers,
+                         grpc_port=grpc_port or None)
     batching = (f"adaptive batching up to {max_batch_size} rows / {max_batch_time * 1000:g} ms"
                 if server.plane.batcher_enabled else "no adaptive batching")
     server.bind()
-    typer.echo(f"serving on {server.url} ({batching}); Ctrl-C stops", err=True)
-    server.run()
+    grpc_note = f" and gRPC on {server.grpc_address}" if server.grpc is not None else ""
+    typer.echo(f"serving on {server.url}{grpc_note} ({batching}); Ctrl-C stops", err=True)
+    try:
+        server.run()
+    except RuntimeError as exc:  # e.g. the gRPC port is taken
+        _fail(str(exc), 1)
 
 
 @serve_app.command("convert")
