@@ -14,6 +14,12 @@ with the change points of DESIGN.md's reference figures:
   on a category mix change of one, dataset-level and per-column false alarms per 100,000
   stationary rows, and the sketch update rate.
 
+- **in a worker** (:func:`measure_in_worker`, what ``bench/run.py``'s ``drift`` scenario runs):
+  a tidal worker with ``DriftStep`` (tidal's defaults) reads a paced stream of labelled,
+  scored events in which, at a known event, the error rate rises and some features shift;
+  reported: events and seconds from the first drifted event to each alarm on ``tidal.alerts``
+  (concept drift and data drift), and the alarms raised before it (false alarms).
+
     python bench/drift_bench.py [--quick] [--seeds 30]
 
 Writes bench/results/<date>-drift.json and prints a table. Floor: tidal's defaults raise ≤ 1
@@ -168,6 +174,133 @@ def _data_stationary(rows: int, runs: int, reference: int = 5000) -> dict:
             "dataset_false_alarms_per_100k": dataset * 100_000 / (runs * rows),
             "column_false_alarms_per_100k_per_column": columns * 100_000 / (runs * rows) / len(FEATURES),
             "rows_per_s_12_columns": round(runs * (rows + reference) / elapsed)}
+
+
+def _stream_events(n: int, change_at: int, seed: int, error_before: float, error_after: float,
+                   shift: float, shifted: int) -> list[bytes]:
+    """JSON records: event_id, the 12 columns of :func:`_columns`, a 0/1 ``decision`` and ``label`` that
+    disagree at ``error_before`` before event ``change_at`` and at ``error_after`` from it on, where
+    ``shifted`` numeric columns also move by ``shift`` σ."""
+    import orjson
+
+    rng = np.random.default_rng(seed)
+    parts = [_columns(rng, change_at), _columns(rng, n - change_at, shift, shifted)]
+    cols = {k: np.r_[parts[0][k], parts[1][k]] for k in parts[0]}
+    decision = rng.random(n) < 0.3
+    wrong = rng.random(n) < np.where(np.arange(n) < change_at, error_before, error_after)
+    label = decision ^ wrong
+    names = list(cols)
+    out = []
+    for i in range(n):
+        rec = {"event_id": i, **{k: cols[k][i] for k in names}, "decision": int(decision[i]), "label": int(label[i])}
+        out.append(orjson.dumps(rec, option=orjson.OPT_SERIALIZE_NUMPY))
+    return out
+
+
+def measure_in_worker(settings, rate: int = 10_000, events: int = 40_000, change_at: int = 20_000,
+                      name: str | None = None, error_before: float = 0.1, error_after: float = 0.3,
+                      shift: float = 0.5, shifted: int = 6, seed: int = 7, max_batch: int = 5000,
+                      max_wait_ms: int = 50, join_timeout_s: float = 60.0,
+                      log=lambda s: None) -> dict:
+    """Drift-detection delay through a worker: DriftStep (defaults) on a paced stream with a known change.
+
+    One in-process worker reads a fresh 1-partition topic (so the detector sees the events in
+    event_id order); the producer offers ``rate`` events/s. At event ``change_at`` the model's
+    error rate goes ``error_before`` → ``error_after`` (concept drift) and ``shifted`` of the 10
+    numeric features move by ``shift`` σ (data drift). The alarms are read back from the step's
+    alerts topic (fresh, instead of ``tidal.alerts``): each names the event it fired on.
+    """
+    import threading
+    import uuid
+
+    import orjson
+    from confluent_kafka import Producer
+
+    from tidal.broker import ensure_topics
+    from tidal.drift import DriftStep
+    from tidal.quality import Schema
+    from tidal.stream import Pipeline, Worker
+
+    name = name or f"drift-{uuid.uuid4().hex[:6]}"
+    alerts = f"{name}.alerts"
+    schema = Schema.from_dict({"event_id": "int", **{f"x{i}": "float" for i in range(10)}, "c0": "str", "c1": "str",
+                               "decision": "int", "label": "int"})
+    step = DriftStep(FEATURES, ["c0", "c1"], by=None, model="bench", alerts_topic=alerts)
+    p = Pipeline(name, schema=schema, steps=[step], partitions=1, max_batch=max_batch, max_wait_ms=max_wait_ms)
+    ensure_topics(settings, p.topic_specs())
+    values = _stream_events(events, change_at, seed, error_before, error_after, shift, shifted)
+    w = Worker(p, settings, "0", handle_signals=False)
+    assigned = threading.Event()
+    on_assign = w._on_assign
+
+    def _assigned(consumer, partitions):  # the worker owns the partition: the stream may start
+        on_assign(consumer, partitions)
+        assigned.set()
+
+    w._on_assign = _assigned
+    thread = threading.Thread(target=w.run, daemon=True)
+    thread.start()
+    producer = Producer(settings.client_config({"linger.ms": 5, "log_level": 3}))
+    t0 = time.monotonic()
+    if not assigned.wait(join_timeout_s):
+        w.stop()
+        raise RuntimeError(f"the drift worker got no partition within {join_timeout_s:g}s")
+    log(f"drift worker joined after {time.monotonic() - t0:.1f}s; offering {events:,} events at {rate:,}/s, "
+        f"change at event {change_at:,}")
+    chunk = max(1, rate // 100)
+    start = time.monotonic()
+    produced_at = {}
+    try:
+        for lo in range(0, events, chunk):
+            if lo <= change_at < lo + chunk:
+                produced_at["change"] = time.time()  # the chunk holding the first drifted event goes out now
+            for i in range(lo, min(events, lo + chunk)):
+                producer.produce(p.sources[0], values[i], b"%d" % i)
+            producer.poll(0)
+            time.sleep(max(0.0, start + (lo + chunk) / rate - time.monotonic()))
+        producer.flush(30)
+        produced_at["end"] = time.time()
+        settle = time.monotonic() + 30
+        while time.monotonic() < settle and w.stats.events_in < events:
+            time.sleep(0.05)
+        time.sleep(1.0)  # the last batch's alerts delivered
+    finally:
+        w.stop()
+        thread.join(20)
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    c = Consumer(settings.client_config({"group.id": "bench-read", "enable.partition.eof": True, "log_level": 3}))
+    c.assign([TopicPartition(alerts, 0, 0)])
+    records, deadline = [], time.monotonic() + 30
+    while time.monotonic() < deadline:
+        batch = c.consume(1000, 0.5)
+        if any(m.error() and m.error().code() == KafkaError._PARTITION_EOF for m in batch):
+            records += [(m.timestamp()[1] / 1000, orjson.loads(m.value())) for m in batch if not m.error()]
+            break
+        records += [(m.timestamp()[1] / 1000, orjson.loads(m.value())) for m in batch if not m.error()]
+    c.close()
+    t_change = produced_at["change"]
+    out = {"offered_events_per_s": rate, "events": events, "events_in": w.stats.events_in, "change_at": change_at,
+           "error_rate": [error_before, error_after], "data_shift": f"{shifted} of 10 numeric columns +{shift:g}σ",
+           "detector": "ADWIN on the errors, alerting when they rise; data drift: a 5,000-row reference, "
+                       "1,000-row windows, dataset drift at ≥ 50% of 12 columns",
+           "max_batch": max_batch, "max_wait_ms": max_wait_ms, "alerts": len(records),
+           "topics": [*p.sources, p.sink, p.dlq, alerts]}
+    for kind in ("concept_drift", "data_drift"):
+        firing = sorted(((a["at"]["event_id"], a["time"], ts) for ts, a in records
+                         if a.get("type") == kind and a.get("state") == "firing"), key=lambda x: x[0])
+        before = [f for f in firing if f[0] < change_at]
+        after = [f for f in firing if f[0] >= change_at]
+        first = after[0] if after else None
+        out[kind] = {
+            "false_alarms_before_change": len(before),
+            "false_alarms_at_events": [f[0] for f in before],
+            "detected": first is not None,
+            "delay_events": first[0] - change_at if first else None,
+            "delay_s": first[1] - t_change if first else None,  # first drifted event produced → alarm raised
+            "delay_to_alert_produced_s": first[2] - t_change if first else None,
+        }
+    return out
 
 
 def main() -> None:

@@ -126,7 +126,8 @@ def render(doc: dict, path: Path) -> str:
                 "| system | events/s | start-up (s) |", "|---|---:|---:|"]
         for r in onl:
             out.append(f"| {r['label']} | {_n(r.get('events_per_s'))} | {_n(r.get('startup_s'), 1)} |")
-    out += _gathered(path.parent)
+    out += mlops(res, path.parent)
+    out += _others(path.parent)
     charts = [c for c in (path.with_name(f"{path.stem}-{k}.png") for k in ("throughput", "latency", "scaling", "online"))
               if c.exists()]
     if charts:
@@ -136,52 +137,122 @@ def render(doc: dict, path: Path) -> str:
     return "\n".join(out) + "\n"
 
 
+def _rel(p: Path) -> Path:
+    return p.relative_to(BENCH) if p.is_relative_to(BENCH) else p
+
+
 def _kind(path: Path) -> str:
     """What a results file holds: its name after the date (``2026-12-03-broker-drift`` → ``broker-drift``)."""
     return path.stem[len("2026-12-03-"):]
 
 
-def _gathered(folder: Path) -> list[str]:
-    """Hot-swap and drift numbers from the other issues' benchmark scripts (their own results files)."""
-    out = ["", "#### ML cost: hot-swap and drift detection (gathered from the other benchmarks' results files)", ""]
+def _measured(r: dict | None) -> bool:
+    """A row this run measured (or tried to): not absent, not an old results file's placeholder."""
+    return bool(r) and not str(r.get("status", "")).startswith("pending")
+
+
+def _ms(x) -> str:
+    return _n(x, 0) if x is None or x >= 10 else _n(x, 1)
+
+
+def mlops(res: list[dict], folder: Path) -> list[str]:
+    """Hot-swap and drift-detection delay: this run's ``hotswap`` / ``drift`` rows, or the scripts' own files."""
+    out = ["", "#### ML operations: hot-swap and drift-detection delay", ""]
+    swap = next((r for r in res if r.get("scenario") == "hot_swap"), None)
+    drift = next((r for r in res if r.get("scenario") == "drift_delay"), None)
+    if _measured(swap) and swap.get("status"):
+        out.append(f"- **hot-swap** ({swap['label']}): {swap['status']}")
+    elif _measured(swap):
+        out += [f"Hot-swap (`bench/scenarios/mlops.py` → `bench/hotswap_bench.py`): {swap['workers']} in-process "
+                f"workers (one consumer group, max_batch {swap.get('max_batch', '?')}, max_wait_ms "
+                f"{swap.get('max_wait_ms', '?')}) score a stream offered at {swap['offered_per_s']:,} events/s with a "
+                "`DeployedScoreStep`; the registry promotes v2 (a deployment record on `tidal.models`) once both have "
+                "scored with v1 for a while. Times are from the promotion; events/s are output records per second "
+                "(their CreateTime) in the second before the promotion, from the promotion until every worker scored "
+                "with v2 (at least 200 ms), and in the second after that.", "",
+                "| workers | offered | → first worker scoring v2 (ms) | → every worker (ms) | → first v2 output (ms) "
+                "| → last v1 output (ms) | events/s before | during (window) | after | lowest 100 ms bucket (events/s) |",
+                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+                f"| {swap['workers']} | {swap['offered_per_s']:,}/s | {_ms(swap['promotion_to_first_worker_v2_ms'])} | "
+                f"{_ms(swap['promotion_to_all_workers_v2_ms'])} | {_ms(swap['promotion_to_first_v2_output_ms'])} | "
+                f"{_ms(swap['promotion_to_last_v1_output_ms'])} | {_n(swap['events_per_s_before'])} | "
+                f"{_n(swap['events_per_s_during'])} ({_ms(swap['during_window_ms'])} ms) | "
+                f"{_n(swap['events_per_s_after'])} | {_n(swap.get('min_100ms_bucket_around_swap'))} |", ""]
+    else:
+        out.append(_file_hotswap(folder))
+    if _measured(drift) and drift.get("status"):
+        out.append(f"- **drift-detection delay** ({drift['label']}): {drift['status']}")
+    elif _measured(drift):
+        before, after = drift["error_rate"]
+        out += [f"Drift-detection delay (`bench/scenarios/mlops.py` → `bench/drift_bench.py`): one in-process worker "
+                f"with `DriftStep` (tidal's defaults: {drift['detector']}) reads {drift['events']:,} scored, labelled "
+                f"events offered at {drift['offered_per_s']:,} events/s on one partition; from event "
+                f"{drift['change_at']:,} the model's error rate goes {before} → {after} and {drift['data_shift']}. "
+                "Delay: from the first drifted event to the event the alarm fired on (events) and from its produce() "
+                "to the alarm being raised (seconds); false alarms: alarms that fired on an event before the change. "
+                "The offline row runs the same concept-drift detector without Kafka over many seeds.", "",
+                "| alarm | delay (events) | delay (s) | false alarms before the change |", "|---|---:|---:|---:|",
+                f"| concept drift (errors rose) | {_n(drift['concept_delay_events'])} | {_n(drift['concept_delay_s'], 3)} "
+                f"| {drift['concept_false_alarms_before']} |",
+                f"| data drift (dataset) | {_n(drift['data_delay_events'])} | {_n(drift['data_delay_s'], 3)} "
+                f"| {drift['data_false_alarms_before']} |",
+                f"| concept drift, offline: median over {drift['offline_seeds']} seeds "
+                f"({drift['offline_detected']} detected) | {_n(drift['offline_median_delay_events'])} | — | "
+                f"{drift['stationary_false_alarms_per_100k']:g} per 100k on {drift['stationary_events']:,} stationary "
+                "events |", ""]
+    else:
+        out.append(_file_drift(folder))
+    return out
+
+
+def _file_hotswap(folder: Path) -> str:
+    """No hotswap row in this results file: the newest ``bench/hotswap_bench.py`` file, named as such."""
     swaps = sorted(folder.glob("20*-hotswap.json"))
-    if swaps:
-        h = json.loads(swaps[-1].read_text())
-        per = ", ".join(f"{x * 1000:,.0f}" for x in h.get("promotion_to_swap_s", []))
-        buckets = h.get("events_per_s_100ms_buckets_around_swap") or []
-        out.append(f"- **hot-swap** (`bench/hotswap_bench.py`, `{swaps[-1].relative_to(BENCH)}`): with "
-                   f"{h.get('offered_events_per_s', 0):,} events/s offered to two workers, promotion → swap took {per} ms "
-                   f"per worker, promotion → first output scored by the new version "
-                   f"{h.get('promotion_to_first_v2_output_s', 0) * 1000:,.0f} ms; output events/s in 100 ms buckets "
-                   f"around the swap stayed between {min(buckets):,} and {max(buckets):,}." if buckets else "")
-    else:
-        out.append("- **hot-swap**: pending: no hot-swap results file yet (`bench/hotswap_bench.py`).")
+    if not swaps:
+        return "- **hot-swap**: not measured in this results file (`python bench/run.py --only hotswap`)."
+    h = json.loads(swaps[-1].read_text())
+    src = f"not this run: `bench/hotswap_bench.py`, `{_rel(swaps[-1])}`"
+    per = h.get("promotion_to_first_v2_batch_s") or h.get("promotion_to_swap_s") or []
+    buckets = h.get("events_per_s_100ms_buckets_around_swap") or []
+    first = h.get("promotion_to_first_v2_output_s")
+    return (f"- **hot-swap** ({src}): with {h.get('offered_events_per_s', 0):,} events/s offered to "
+            f"{h.get('workers', 2)} workers, promotion → swap took "
+            f"{', '.join(f'{x * 1000:,.0f}' for x in per if x is not None)} ms per worker"
+            + (f", promotion → first output scored by the new version {first * 1000:,.0f} ms" if first is not None else "")
+            + (f"; output events/s in 100 ms buckets around the swap stayed between {min(buckets):,} and "
+               f"{max(buckets):,}" if buckets else "") + ".")
+
+
+def _file_drift(folder: Path) -> str:
     drifts = sorted(p for p in folder.glob("20*-drift.json") if _kind(p) == "drift")  # not broker_drift.py's
-    if drifts:
-        d = json.loads(drifts[-1].read_text())
-        src = f"`bench/drift_bench.py`, `{drifts[-1].relative_to(BENCH)}`"
-        try:
-            concept = "; ".join(f"{r['stream']}: median {r['median_delay']:,.0f} events ({r['detected']}/{r['seeds']} seeds)"
-                                for r in d["tidal_default_concept_delay"])
-            alarms = max(r["false_alarms_per_100k"] for r in d["tidal_default_concept_false_alarms"])
-            data = "; ".join(f"{r['change']}: " + (f"median {r['median_dataset_delay_rows']:,.0f} rows"
-                                                    if r.get("median_dataset_delay_rows") is not None else "not detected")
-                             + f" ({r['dataset_detected']}/{r['seeds']} seeds)"
-                             for r in d.get("data_drift_change_point", []))
-            out.append(f"- **drift-detection delay** ({src}): tidal's default concept-drift detector, change at event "
-                       f"{d['change_at']:,}: {concept}; at most {alarms:g} false alarms per 100k events on stationary "
-                       f"streams. Data drift (dataset-level): {data}.")
-        except (KeyError, TypeError, ValueError):
-            out.append(f"- **drift-detection delay**: see {src} (its format is not one this report knows).")
-    else:
-        out.append("- **drift-detection delay**: pending: no drift benchmark or results file yet.")
-    mine = ("quick", "smoke", "hotswap", "drift", "score")
+    if not drifts:
+        return "- **drift-detection delay**: not measured in this results file (`python bench/run.py --only drift`)."
+    d = json.loads(drifts[-1].read_text())
+    src = f"not this run: `bench/drift_bench.py`, `{_rel(drifts[-1])}`"
+    try:
+        concept = "; ".join(f"{r['stream']}: median {r['median_delay']:,.0f} events ({r['detected']}/{r['seeds']} seeds)"
+                            for r in d["tidal_default_concept_delay"])
+        alarms = max(r["false_alarms_per_100k"] for r in d["tidal_default_concept_false_alarms"])
+        data = "; ".join(f"{r['change']}: " + (f"median {r['median_dataset_delay_rows']:,.0f} rows"
+                                                if r.get("median_dataset_delay_rows") is not None else "not detected")
+                         + f" ({r['dataset_detected']}/{r['seeds']} seeds)"
+                         for r in d.get("data_drift_change_point", []))
+        return (f"- **drift-detection delay** ({src}): tidal's default concept-drift detector, change at event "
+                f"{d['change_at']:,}: {concept}; at most {alarms:g} false alarms per 100k events on stationary "
+                f"streams. Data drift (dataset-level): {data}.")
+    except (KeyError, TypeError, ValueError):
+        return f"- **drift-detection delay**: see {src} (its format is not one this report knows)."
+
+
+def _others(folder: Path) -> list[str]:
+    """The other benchmarks' results files (not part of this suite's run)."""
+    mine = ("quick", "smoke", "score")
     others = [p for p in sorted(folder.glob("20*-*-*-*.json"))
               if _kind(p) not in mine and not _kind(p).endswith(("partial", "external"))]
-    if others:
-        out.append("- other benchmarks with their own results files (not part of this suite's run): "
-                   + ", ".join(f"`{p.relative_to(BENCH)}`" for p in others) + ".")
-    return out
+    if not others:
+        return []
+    return ["", "- other benchmarks with their own results files (not part of this suite's run): "
+            + ", ".join(f"`{_rel(p)}`" for p in others) + "."]
 
 
 def main(argv: list[str] | None = None) -> str:

@@ -6,7 +6,7 @@
 
 Scenario keys: passthrough, model_only, tidal1, tidal2, tidal_dlq, permessage,
 permessage_booster, quix, faust (throughput); latency; max_batch, rss_keys (scaling); online
-(ML cost).
+(ML cost: online learning); hotswap, drift (ML operations: hot-swap time, drift-detection delay).
 
 Everything runs against one embedded broker (Tansu) on this machine with 4 partitions, the
 same events (bench/benchlib/events.py) and the same LightGBM model. Then
@@ -41,11 +41,14 @@ RESULTS = BENCH / "results"
 # max_wait_ms 0 = no wait to fill a batch: each batch is what arrived while the last one ran.
 # linger.ms 1 rather than 0: at 10k/s unbatched produce requests overload the embedded broker.
 LATENCY_KNOBS = {
+    "default": {"max_batch": 5000, "max_wait_ms": 0, "linger_ms": 2},  # tidal's defaults
     "low-latency": {"max_batch": 5000, "max_wait_ms": 0, "linger_ms": 1},
+    "linger5": {"max_batch": 5000, "max_wait_ms": 0, "linger_ms": 5},
     "wait5": {"max_batch": 5000, "max_wait_ms": 5, "linger_ms": 1},
     "demo": {"max_batch": 5000, "max_wait_ms": 20, "linger_ms": 5},
-    "default": {"max_batch": 5000, "max_wait_ms": 50, "linger_ms": 5},
-    "default-fetch5": {"max_batch": 5000, "max_wait_ms": 50, "linger_ms": 5, "fetch_wait_ms": 5},
+    "wait50": {"max_batch": 5000, "max_wait_ms": 50, "linger_ms": 5},  # the defaults before 2026-12-07
+    "wait50-fetch5": {"max_batch": 5000, "max_wait_ms": 50, "linger_ms": 5, "fetch_wait_ms": 5},
+    "default-fetch50": {"max_batch": 5000, "max_wait_ms": 0, "linger_ms": 2, "fetch_wait_ms": 50},
     "throughput": {"max_batch": 20000, "max_wait_ms": 100, "linger_ms": 20},
 }
 
@@ -54,17 +57,20 @@ MODES = {
                   latency_configs=list(LATENCY_KNOBS.values()),
                   latency_rates=[1000, 10_000, 50_000, 0], latency_phase_s=8, latency_max_events=300_000,
                   max_batches=[100, 500, 1000, 2000, 20_000], rss_keys=[100, 10_000, 300_000], rss_events=300_000,
-                  online_events=100_000),
+                  online_events=100_000, hotswap_rate=20_000, hotswap_s=6.0, drift_rate=10_000, drift_events=40_000,
+                  drift_change_at=20_000, drift_seeds=30),
     "quick": Sizes(events=100_000, baseline_s=3, idle_exit_s=1, pass_repeat=10,
-                   latency_configs=[LATENCY_KNOBS[k] for k in ("low-latency", "default")],
+                   latency_configs=[LATENCY_KNOBS[k] for k in ("default", "wait50")],
                    latency_rates=[1000, 10_000, 50_000, 0], latency_phase_s=2, latency_max_events=40_000,
                    max_batches=[20_000], rss_keys=[100_000], rss_events=100_000, online_events=10_000,
                    dlq_scenario=False, alo_baseline=False, latency_compare_partitions=None,
-                   latency_fresh_per_rate=False),
-    "smoke": Sizes(events=3000, baseline_s=1, idle_exit_s=1, latency_configs=[LATENCY_KNOBS["low-latency"]],
+                   latency_fresh_per_rate=False, hotswap_rate=5000, hotswap_s=4.0, drift_rate=5000,
+                   drift_events=20_000, drift_change_at=10_000, drift_seeds=10),
+    "smoke": Sizes(events=3000, baseline_s=1, idle_exit_s=1, latency_configs=[LATENCY_KNOBS["default"]],
                    latency_rates=[1000], latency_phase_s=1, latency_max_events=1000, max_batches=[],
                    rss_keys=[], rss_events=0, online_events=2000, dlq_scenario=False, timeout_s=60,
-                   latency_relay=False),
+                   latency_relay=False, hotswap_rate=2000, hotswap_s=2.0, drift_rate=4000, drift_events=9000,
+                   drift_change_at=6000, drift_seeds=5),
 }
 
 FLOORS = "tidal (1 worker) ≥ 50% of passthrough, ≥ 25× per-message loop, ≥ 25× Quix Streams; p99 < 50 ms at 10k/s"
@@ -98,7 +104,7 @@ def is_partial(args: argparse.Namespace) -> bool:
 
 
 ALL_KEYS = ["passthrough", "model_only", "tidal1", "tidal2", "tidal_dlq", "permessage", "permessage_booster", "quix",
-            "faust", "latency", "max_batch", "rss_keys", "online"]
+            "faust", "latency", "max_batch", "rss_keys", "online", "hotswap", "drift"]
 QUICK_SKIP = {"permessage_booster"}  # full run only
 
 
@@ -128,7 +134,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     from benchlib.events import make_events, train_model
     from benchlib.kafka import fill
-    from scenarios import latency, online, scaling, throughput
+    from scenarios import latency, mlops, online, scaling, throughput
     from tidal.broker import EmbeddedBroker
     from tidal.config import KafkaSettings
 
@@ -156,6 +162,7 @@ def main(argv: list[str] | None = None) -> Path:
                 latency.run(ctx)
             scaling.run(ctx)
             online.run(ctx)
+            mlops.run(ctx)
         finally:
             if external:
                 print(f"  deleted {len(ctx.cleanup())} topics of this run", flush=True)
@@ -232,7 +239,48 @@ def floors(results: list[dict]) -> list[dict]:
         out.append({"floor": f"tidal p99 < 50 ms at 10k events/s offered ({knob_text(r['knobs'])}; "
                              f"{partitions_text(r.get('partitions', 4))})",
                     "value": r["p99_ms"], "need": 50, "met": bool(r["p99_ms"] < 50)})
+    # Against the limits measured in the same run, with tidal's default settings.
+    for rate, need in ((10_000, 1.3), (50_000, 2.0)):
+        mine = _latency(results, "tidal", rate, LATENCY_KNOBS["default"])
+        relay = _latency(results, "limit: relay", rate)
+        value = round(mine / relay, 3) if mine and relay else None
+        out.append({"floor": f"default settings: p99 at {rate:,}/s offered ≤ {need}× the relay's p99 (ratio)",
+                    "value": value, "need": need, "met": None if value is None else bool(value <= need)})
+    passthrough, model = _find(results, "passthrough"), _find(results, "model-only")
+    p_rate, m_rate = (passthrough or {}).get("events_per_s"), (model or {}).get("events_per_s")
+    serial = 1 / (1 / p_rate + 1 / m_rate) if p_rate and m_rate else None
+    value = round(t / serial, 3) if t and serial else None
+    out.append({"floor": "tidal 1 worker (default settings) ≥ 0.85 of the serial limit 1/(1/passthrough + 1/model-only)",
+                "value": value, "need": 0.85, "met": None if value is None else bool(value >= 0.85)})
+    sweep = [r.get("events_per_s") for r in results if r.get("scenario") == "max_batch" and r.get("events_per_s")]
+    value = round(t / max(sweep), 3) if t and sweep else None
+    out.append({"floor": "default batching ≥ 0.95× the best max_batch of the sweep (ratio, 1 worker; runs vary by "
+                         "5-10%)", "value": value, "need": 0.95, "met": None if value is None else bool(value >= 0.95)})
     return out
+
+
+def _latency(results: list[dict], system: str, rate: int, knobs: dict | None = None) -> float | None:
+    """p99 (ms) of ``system`` at ``rate`` offered on one partition (with ``knobs``: those knobs)."""
+    for r in results:
+        if (r.get("scenario") == "latency" and r.get("system") == system and r.get("offered_per_s") == rate
+                and r.get("partitions", 1) == 1 and (knobs is None or r.get("knobs") == knobs)):
+            return r.get("p99_ms")
+    return None
+
+
+def mlops_text(r: dict) -> str:
+    """One line of a hot-swap or drift-delay row's figures (or its error)."""
+    if r.get("status"):
+        return r["status"]
+    if r["scenario"] == "hot_swap":
+        return (f"promotion → first worker scoring v2 {r['promotion_to_first_worker_v2_ms']} ms, every worker "
+                f"{r['promotion_to_all_workers_v2_ms']} ms, first v2 output {r['promotion_to_first_v2_output_ms']} ms; "
+                f"output events/s before {r['events_per_s_before']}, during {r['events_per_s_during']} "
+                f"({r['during_window_ms']} ms), after {r['events_per_s_after']}")
+    return (f"concept drift alarm after {r['concept_delay_events']} events / {r['concept_delay_s']} s "
+            f"({r['concept_false_alarms_before']} false alarms before), data drift after {r['data_delay_events']} "
+            f"events / {r['data_delay_s']} s ({r['data_false_alarms_before']} before); offline median "
+            f"{r['offline_median_delay_events']} events ({r['offline_detected']}/{r['offline_seeds']} seeds)")
 
 
 def print_table(doc: dict) -> None:
@@ -249,6 +297,9 @@ def print_table(doc: dict) -> None:
         print(f"\n{'latency (event produced → prediction consumed)':<78} {'p50':>7} {'p95':>7} {'p99':>7}")
         for r in lat:
             print(f"{r['label']:<78} {r['p50_ms'] or 0:>7.1f} {r['p95_ms'] or 0:>7.1f} {r['p99_ms'] or 0:>7.1f}")
+    for r in doc["results"]:
+        if r.get("scenario") in ("hot_swap", "drift_delay"):
+            print(f"\n{r['label']}:\n  {mlops_text(r)}")
     print("\nfloors:")
     for f in doc["floors"]:
         state = "n/a" if f["met"] is None else "MET" if f["met"] else "NOT MET"

@@ -39,9 +39,16 @@ class Sizes:
     pacer_linger_ms: float = 5        # the latency pacer's producer linger (librdkafka's default)
     latency_relay: bool = True        # also measure the relay floor (no tidal) under the same loads
     latency_partitions: int = 1       # partitions of the latency topics (one worker needs one at these loads)
-    latency_compare_partitions: int | None = 4  # then low-latency and the relay at 10k/s on this many
+    latency_compare_partitions: int | None = 4  # then the first knob set (default) and the relay at 10k/s on this many
     latency_fresh_per_rate: bool = True  # each offered rate on its own fresh broker, topics and worker
     timeout_s: float = 240.0
+    hotswap_rate: int = 20_000        # hot-swap: offered events/s
+    hotswap_s: float = 6.0            # hot-swap: paced seconds once every worker scores v1 (half before the promotion)
+    hotswap_workers: int = 2
+    drift_rate: int = 10_000          # drift-detection delay: offered events/s
+    drift_events: int = 40_000
+    drift_change_at: int = 20_000     # the first drifted event (> the 5,000-row data-drift reference)
+    drift_seeds: int = 30             # the same detector offline: seeds for its median delay
 
 
 @dataclass

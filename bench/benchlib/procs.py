@@ -69,12 +69,14 @@ class RssSampler:
         return [round(v / 2**20, 1) for _, v in sorted(self.peak.items())]
 
 
-def write_spec(folder: Path, name: str, source: str, schema: dict, steps: list[dict], max_batch: int = 5000,
-               max_wait_ms: int = 50, producer: dict | None = None, consumer: dict | None = None,
+def write_spec(folder: Path, name: str, source: str, schema: dict, steps: list[dict], max_batch: int | None = None,
+               max_wait_ms: int | None = None, producer: dict | None = None, consumer: dict | None = None,
                partitions: int = 4) -> Path:
-    """A pipeline YAML reading ``source`` into its own group and sink (``<name>.predictions``)."""
+    """A pipeline YAML reading ``source`` into its own group and sink (``<name>.predictions``);
+    batch knobs left out (None) are tidal's defaults."""
+    batch = {k: v for k, v in (("max_batch", max_batch), ("max_wait_ms", max_wait_ms)) if v is not None}
     spec = {"pipeline": name, "source": source, "group": f"bench.{name}", "schema": schema, "steps": steps,
-            "batch": {"max_batch": max_batch, "max_wait_ms": max_wait_ms}, "partitions": partitions,
+            "batch": batch, "partitions": partitions,
             "kafka": {"consumer": dict(consumer or {}), "producer": dict(producer or {})}}
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))

@@ -10,7 +10,8 @@ regression, :mod:`scenarios.river_step`):
   validates them, runs :class:`RiverLearnStep` on each micro-batch and produces the scored
   records.
 
-Hot-swap time and drift-detection delay are not measured here yet (see bench/README.md).
+Hot-swap time and drift-detection delay are the ``hotswap`` and ``drift`` scenarios
+(:mod:`scenarios.mlops`).
 """
 
 from __future__ import annotations
@@ -46,7 +47,3 @@ def run(ctx: Ctx) -> None:
     delete_topics(ctx.settings, [topic])
     ctx.add(system="tidal", scenario="online", workers=1,
             label="tidal, 1 worker + River step (learn_one per row, per batch)", **r)
-    ctx.add(system="tidal", scenario="hot_swap", label="hot-swap time", events_per_s=None,
-            status="pending: not measured by this suite yet (model registry / deployment hot-swap)")
-    ctx.add(system="tidal", scenario="drift_delay", label="drift-detection delay", events_per_s=None,
-            status="pending: not measured by this suite yet (drift detection)")

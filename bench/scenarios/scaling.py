@@ -1,7 +1,7 @@
 """Scaling: events/s as max_batch grows, 1 → 2 workers, and peak RSS per worker as keys grow.
 
 - ``max_batch`` sweep: one tidal worker drains the main backlog at each setting
-  (max_wait_ms 50); max_batch 5000 is the 1-worker throughput run.
+  (max_wait_ms at its default, 0); max_batch 5000 is the 1-worker throughput run.
 - workers 1 → 2: the two throughput runs (``tidal run --workers 2``: two processes, one group).
 - RSS vs keys: tidal has no state layer yet, so "state" cannot grow; what is measured is a
   worker's peak RSS (VmHWM) while it scores streams with more and more distinct keys

@@ -84,7 +84,7 @@ def run(ctx: Ctx) -> None:
                 notes="booster.predict on in-memory float64 arrays in batches of 5,000 (what tidal's ScoreStep calls), "
                       "LightGBM's default threads", events_per_s=rate)
 
-    note = "python -m tidal run spec.yaml --workers N: max_batch 5000, max_wait_ms 50, at-least-once"
+    note = "python -m tidal run spec.yaml --workers N: tidal's default batching (max_batch 5000, max_wait_ms 0), at-least-once"
     if tidal_runs:
         ctx.add(system="tidal", scenario="throughput", workers=1, notes=note, distinct_keys=len(set(ctx.events.keys)),
                 label="tidal, 1 worker (decode + validate + LightGBM)", **_median_entry(tidal_runs))

@@ -51,7 +51,8 @@ def test_suite_runs_on_a_tiny_input(tmp_path, bench_path):
     assert lat["received"] == lat["events"] and lat["p50_ms"] <= lat["p95_ms"] <= lat["p99_ms"]
     assert lat["p99_by_second_ms"] and max(lat["p99_by_second_ms"]) <= lat["max_ms"]
     assert lat["broker_cores_busy"] > 0 and lat["machine_cores_busy"] >= lat["broker_cores_busy"]
-    assert {f["floor"].split(" ")[0] for f in doc["floors"]} == {"tidal"}
+    assert {f["floor"].split(" ")[0] for f in doc["floors"]} == {"tidal", "default"}
+    assert all(f["met"] is None for f in doc["floors"] if f["floor"].startswith("default"))  # no relay, no sweep in smoke
 
     import report
 

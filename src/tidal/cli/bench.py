@@ -35,7 +35,8 @@ def bench(quick: bool = typer.Option(False, "--quick", help="Smaller sizes: unde
           kafka_config: Optional[Path] = typer.Option(
               None, "--kafka-config", envvar="TIDAL_KAFKA_CONFIG", help="librdkafka .properties file (SASL, TLS, ...)."),
           extra: Optional[List[str]] = typer.Argument(None, help="More arguments for bench/run.py (after --).")) -> None:
-    """Run the benchmark suite: tidal against passthrough, per-message, Quix Streams, Faust; latency; scaling."""
+    """Run the benchmark suite: tidal against passthrough, per-message, Quix Streams, Faust; latency; scaling;
+    online learning; hot-swap time and drift-detection delay."""
     script = find_bench()
     if script is None:
         typer.echo("error: the benchmark suite ships with the source, not the wheel: clone the repository "
