@@ -133,3 +133,45 @@ def test_alert_rule_fires_once_and_resolves_on_tidal_alerts(settings, name):
     alerts = mine()
     assert [a["state"] for a in alerts] == ["firing", "resolved"]  # once, then resolved, no repeats
     assert alerts[0]["pipeline"] == name and alerts[0]["severity"] == "critical" and alerts[0]["value"] > 0
+
+
+def test_health_probes_live_while_the_loop_turns_ready_once_assigned(settings, name, tmp_path):
+    """/health/live and /health/ready (the Kubernetes probes) on the metrics port of `tidal run`."""
+    import json
+    import signal
+    import subprocess
+    import time
+    import urllib.error
+
+    import yaml
+
+    from .kafka_helpers import tidal_process
+
+    port = free_port()
+    spec = {"pipeline": name, "schema": {"id": "int"}, "partitions": 1}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    proc = tidal_process(settings, "run", str(path), "--metrics-port", str(port), "--log-level", "WARNING",
+                         stderr=subprocess.PIPE)
+
+    def probe(which: str) -> tuple[int, dict]:
+        try:
+            r = urllib.request.urlopen(f"http://127.0.0.1:{port}/health/{which}", timeout=5)
+            return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+        except OSError:
+            return 0, {}
+
+    deadline = time.monotonic() + 60
+    while probe("ready")[0] != 200 and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.2)
+    code, state = probe("ready")
+    assert code == 200 and state["live"] and state["ready"] and not state["restoring"]
+    assert probe("live")[0] == 200
+    produce(settings, f"{name}.events", [orjson.dumps({"id": i}) for i in range(10)])
+    assert probe("live")[0] == 200 and "tidal_events_in_total" in urllib.request.urlopen(
+        f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0

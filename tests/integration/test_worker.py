@@ -61,6 +61,43 @@ def test_max_wait_0_takes_what_has_arrived_and_commits_it_all(settings, name, to
     assert sum(tp.offset for tp in committed) == 3000
 
 
+def test_commits_are_paced_yet_cover_every_event_at_shutdown(settings, name, toy_model):
+    """Batches of a few events each (events trickling in, ``max_wait_ms: 0``) are not committed
+    one by one: with ``commit_interval_s`` the worker commits far less often than it batches,
+    and its last commit on shutdown still covers every event."""
+    import threading
+    import time
+
+    p = Pipeline(name, schema=SCHEMA, steps=[ScoreStep(load_model(toy_model))], max_batch=500, partitions=1)
+    ensure_topics(settings, p.topic_specs())
+    worker = Worker(p, settings, commit_interval_s=30)
+    t = threading.Thread(target=worker.run, daemon=True)
+    t.start()
+
+    def wait(n: int) -> None:
+        deadline = time.monotonic() + 60
+        while worker.stats.events_in < n and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    produce(settings, p.sources[0], [orjson.dumps({"id": 0, "x": 0.5, "y": 0.1})])
+    wait(1)  # the group has formed and the first batch is committed (the first commit is not paced)
+    time.sleep(0.5)
+    batches, commits = worker.stats.batches, worker.stats.commits
+    for i in range(20):  # 20 small bursts, each its own batch
+        produce(settings, p.sources[0], [orjson.dumps({"id": 1 + i * 5 + j, "x": 0.5, "y": 0.1}) for j in range(5)])
+        wait(2 + i * 5)
+    wait(101)
+    batches, commits = worker.stats.batches - batches, worker.stats.commits - commits
+    worker.stop()
+    t.join(30)
+    assert worker.stats.events_in == 101 and batches >= 10
+    assert commits == 0  # within the 30 s interval: no commit per batch
+    c = Consumer(settings.client_config({"group.id": p.group, "log_level": 3}))
+    committed = c.committed([TopicPartition(p.sources[0], 0)], timeout=10)
+    c.close()
+    assert committed[0].offset == 101  # the shutdown commit covers every event
+
+
 def test_malformed_records_go_to_dlq_with_reasons(settings, name, toy_model):
     p = Pipeline(name, schema=SCHEMA, steps=[ScoreStep(load_model(toy_model))])
     ensure_topics(settings, p.topic_specs())

@@ -200,3 +200,31 @@ def test_json_nested_too_deeply_is_one_reject_not_a_crash():
     assert [(r.offset, r.reason) for r in batch.rejected] == [(101, "invalid_json")]
     assert "nested too deeply" in batch.rejected[0].message
     assert offsets == {("t.events", 0): 103}
+
+
+def test_record_headers_travel_with_their_rows_through_rejects_and_select():
+    import numpy as np
+
+    from tidal.stream.decode import decode_values
+    from tidal.stream.schema import Schema
+
+    values = [b'{"x": 1}', b'{"x": "bad"}', b'{"x": 3}']
+    heads = [[("a", b"1")], [("b", b"2")], None]
+    batch = decode_values(values, Schema.from_dict({"x": "int"}), headers=heads)
+    assert [r.reason for r in batch.rejected] == ["wrong_type"]
+    assert batch.headers == [[("a", b"1")], []]  # the bad row left with its header; none is []
+    assert batch.select(np.array([False, True])).headers == [[]]
+    assert decode_values([b'{"x": 1}']).headers == [[]]
+
+
+def test_a_dead_letter_keeps_the_records_own_headers_first():
+    from tidal.stream.decode import decode_values
+    from tidal.stream.encode import dlq_headers
+    from tidal.stream.schema import Schema
+
+    batch = decode_values([b'{"x": "bad"}'], Schema.from_dict({"x": "int"}),
+                          headers=[[("trace-id", b"t-1"), ("tidal.error.reason", b"old")]])
+    [r] = batch.rejected
+    names = [k for k, _v in dlq_headers(r, "p")]
+    assert names[0] == "trace-id" and names.count("tidal.error.reason") == 1  # a replayed record's old reason goes
+    assert dict(dlq_headers(r, "p"))["tidal.error.reason"] == b"wrong_type"

@@ -46,7 +46,7 @@ def test_defaults_from_name():
     assert p.dlq == "fraud.dlq"
     assert p.group == "tidal.fraud"
     assert p.steps == [] and p.schema is None
-    assert (p.max_batch, p.max_wait_ms, p.exactly_once, p.partitions) == (5000, 50, False, 4)
+    assert (p.max_batch, p.max_wait_ms, p.exactly_once, p.partitions) == (5000, 0, False, 4)
 
 
 def test_explicit_topics_and_group_win():

@@ -75,7 +75,8 @@ class KeyedAggregate(Step):
     """Base of the window steps: per ``key``, aggregates ``aggs`` of each event's window.
 
     ``state_backend``: ``memory`` or ``rocksdb`` (``state_path``: folder for its scratch
-    databases); the changelog semantics are the same. None (the default) means the
+    databases; ``state_dir``: a persistent folder instead, for warm restarts); the changelog
+    semantics are the same. None (the default) means the
     pipeline's ``state`` setting in YAML, else ``memory``.
     """
 
@@ -84,7 +85,7 @@ class KeyedAggregate(Step):
     def __init__(self, key: str, aggs: Mapping[str, Any] | Sequence[Agg], time_field: str | None = None,
                  lateness_s: float = 0.0, late: str = "dlq", name: str = "window",
                  state_backend: str | None = None, state_path: str | None = None,
-                 max_future_s: float | None = 300.0) -> None:
+                 max_future_s: float | None = 300.0, state_dir: str | None = None) -> None:
         if late not in ("dlq", "drop"):
             raise ValueError("late must be 'dlq' or 'drop'")
         if state_backend is not None and state_backend not in BACKENDS:
@@ -93,7 +94,7 @@ class KeyedAggregate(Step):
         self.agg = Aggregator(self.aggs)
         self.time_field, self.lateness_ms, self.late = time_field, int(lateness_s * 1000), late
         self.name = self.state_name = name
-        self.state_backend, self.state_path = state_backend, state_path
+        self.state_backend, self.state_path, self.state_dir = state_backend, state_path, state_dir
         self._store: StateStore | None = None
         self.late_events = self.future_events = 0
         self.max_future_ms = None if max_future_s is None else int(max_future_s * 1000)

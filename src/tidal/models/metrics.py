@@ -34,6 +34,11 @@ _BY_REGISTRY: "weakref.WeakKeyDictionary[Any, dict[str, ScoreMetrics]]" = weakre
 _LOCK = threading.Lock()
 
 
+# Prediction series kept per pipeline: those of the versions that scored most recently. Older
+# versions' series are removed, so a model retrained every few minutes does not grow /metrics
+# without end (Prometheus keeps what it scraped).
+MAX_VERSION_SERIES = 8
+
 class ScoreMetrics:
     """``tidal_prediction_score``, ``tidal_predictions_total`` and ``tidal_model_info`` of a pipeline."""
 
@@ -46,6 +51,7 @@ class ScoreMetrics:
         self.model_info = Gauge("tidal_model_info", "1 for each model version that scored the latest batch.",
                                 ["pipeline", "model", "version"], registry=registry)
         self._versions: set[tuple[str, str]] = set()
+        self._recent: dict[tuple[str, str], None] = {}  # versions with prediction series, least recent first
 
     @classmethod
     def of(cls, registry: Any, pipeline: str) -> "ScoreMetrics | None":
@@ -84,6 +90,17 @@ class ScoreMetrics:
                 seen.add((model, version))
         for model, version in self._versions - seen:
             self.model_info.remove(self.pipeline, model, version)
+        for mv in seen:
+            self._recent.pop(mv, None)
+            self._recent[mv] = None
+        while len(self._recent) > MAX_VERSION_SERIES:  # e.g. `tidal learn` publishing a version every N events
+            model, version = next(iter(self._recent))
+            del self._recent[(model, version)]
+            for decision in ("none", "true", "false"):
+                try:
+                    self.predictions.remove(self.pipeline, model, version, decision)
+                except KeyError:
+                    pass
         for model, version in seen:
             self.model_info.labels(self.pipeline, model, version).set(1)
         self._versions = seen

@@ -38,8 +38,8 @@ class MonitorHooks(WorkerHooks):
     def started(self, pipeline: Pipeline, emit_alert: Callable[[dict[str, Any]], None]) -> None:
         self.alerts = AlertEvaluator(self.rules, self.registry, pipeline.name, emit_alert)
 
-    def serve(self, port: int) -> int | None:
-        return serve_metrics(self.registry, port)
+    def serve(self, port: int, health: Callable[[], dict[str, bool]] | None = None) -> int | None:
+        return serve_metrics(self.registry, port, health=health)
 
     def alert_topics(self) -> tuple[str, ...]:
         return (ALERTS_TOPIC,) if self.rules else ()
@@ -76,6 +76,16 @@ class MonitorHooks(WorkerHooks):
 
     def state_size(self, store: str, entries: int) -> None:
         self.metrics.state_entries.labels(self.pipeline, store).set(entries)
+
+    def state_restore(self, store: str, records: int, remaining: int) -> None:
+        m = self.metrics
+        m.state_restored.labels(self.pipeline, store).inc(records)
+        m.state_restore_remaining.labels(self.pipeline, store).set(remaining)
+
+    def state_restored(self, store: str, warm: int, cold: int) -> None:
+        m = self.metrics
+        m.state_restores.labels(self.pipeline, store, "warm").inc(warm)
+        m.state_restores.labels(self.pipeline, store, "cold").inc(cold)
 
     def tick(self, now: float) -> None:
         if self.alerts is not None and self.alerts.rules and now - self._alerts_at >= 1.0:

@@ -18,9 +18,12 @@ under kafka-lag-exporter's names (``kafka_consumergroup_group_lag``,
 
 from __future__ import annotations
 
-import os
-
+import hmac
 import logging
+import os
+import threading
+
+from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -41,6 +44,10 @@ class WorkerMetrics:
     def __init__(self, pipeline: str, group: str, registry: CollectorRegistry | None = None) -> None:
         self.pipeline, self.group = pipeline, group
         r = self.registry = registry or CollectorRegistry()
+        from tidal.broker.skipped import SKIPPED
+
+        if registry is None:  # records of tidal topics this process skipped (status, tables, followers)
+            r.register(SKIPPED)
         p = {"pipeline": pipeline}
         self.events_in = Counter("tidal_events_in", "Events consumed.", ["pipeline"], registry=r).labels(**p)
         self.events_out = Counter("tidal_events_out", "Output records produced.", ["pipeline"], registry=r).labels(**p)
@@ -68,6 +75,14 @@ class WorkerMetrics:
                                  ["group", "topic", "partition"], registry=r)
         self.state_entries = Gauge("tidal_state_entries", "Keys held in a state store by this worker.",
                                    ["pipeline", "state"], registry=r)
+        self.state_restored = Counter("tidal_state_restored_records", "Changelog records applied restoring state.",
+                                      ["pipeline", "state"], registry=r)
+        self.state_restore_remaining = Gauge("tidal_state_restore_remaining_records",
+                                             "Changelog records left to read by the restore under way (0: none).",
+                                             ["pipeline", "state"], registry=r)
+        self.state_restores = Counter("tidal_state_restored_partitions",
+                                      "Partitions restored: warm (the changelog's tail onto a local checkpoint) "
+                                      "or cold (the whole changelog).", ["pipeline", "state", "mode"], registry=r)
 
     def set_lag(self, topic: str, partition: int, lag: int, lag_seconds: float) -> None:
         self.lag.labels(self.pipeline, topic, str(partition)).set(lag)
@@ -88,15 +103,77 @@ def metrics_host() -> str:
     return os.environ.get("TIDAL_METRICS_HOST", "127.0.0.1")
 
 
-def serve_metrics(registry: CollectorRegistry, port: int, addr: str | None = None) -> int | None:
-    """Serve ``/metrics`` on ``port`` in a daemon thread; returns the port, or None if it was taken."""
-    from prometheus_client import start_http_server
+def metrics_token() -> str | None:
+    """``$TIDAL_METRICS_TOKEN``: when set, every ``/metrics`` asks for ``Authorization: Bearer <it>``."""
+    return os.environ.get("TIDAL_METRICS_TOKEN") or None
+
+
+def serve_metrics(registry: CollectorRegistry, port: int, addr: str | None = None,
+                  token: str | None = None, health: Any = None) -> int | None:
+    """Serve ``/metrics`` on ``port`` in a daemon thread; returns the port, or None if it was taken.
+
+    ``token`` (default ``$TIDAL_METRICS_TOKEN``): requests without ``Authorization: Bearer <token>``
+    get a 401 (Prometheus: ``authorization: {credentials: ...}`` in the scrape config).
+    ``health()`` → ``{"live": bool, "ready": bool}`` answers ``/health/live`` and ``/health/ready``
+    (200 or 503, with that JSON; never behind the token, for the platform's probes)."""
+    import socket
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from prometheus_client import make_wsgi_app
+    from prometheus_client.exposition import ThreadingWSGIServer
 
     addr = addr or metrics_host()
+    token = token if token is not None else metrics_token()
+    app = make_wsgi_app(registry)
+    if token:
+        app = _bearer(app, token)
+    if health is not None:
+        app = _probes(app, health)
+
+    class Server(ThreadingWSGIServer):
+        address_family = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM)[0][0]
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args: object) -> None:  # no line per scrape on stderr
+            pass
 
     try:
-        server, _thread = start_http_server(port, addr=addr, registry=registry)
+        server = make_server(addr, port, app, Server, handler_class=Quiet)
     except OSError as exc:
         log.warning("metrics not served: port %s unavailable (%s); set --metrics-port", port, exc)
         return None
+    threading.Thread(target=server.serve_forever, name="tidal-metrics", daemon=True).start()
     return server.server_address[1]
+
+
+def _probes(app, health):
+    """``/health/live`` and ``/health/ready`` from ``health()``; everything else to ``app``."""
+    import json
+
+    def probed(environ, start_response):
+        which = {"/health/live": "live", "/health/ready": "ready"}.get(environ.get("PATH_INFO", ""))
+        if which is None:
+            return app(environ, start_response)
+        try:
+            state = dict(health())
+        except Exception as exc:  # noqa: BLE001 - a probe answers, it does not crash the server
+            state = {"live": False, "ready": False, "error": str(exc)[:200]}
+        start_response("200 OK" if state.get(which) else "503 Service Unavailable",
+                       [("Content-Type", "application/json")])
+        return [json.dumps(state).encode()]
+
+    return probed
+
+
+def _bearer(app, token: str):
+    """``app`` behind a bearer token, compared in constant time."""
+    want = f"Bearer {token}".encode()
+
+    def guarded(environ, start_response):
+        got = environ.get("HTTP_AUTHORIZATION", "").encode()
+        if not hmac.compare_digest(got, want):
+            start_response("401 Unauthorized", [("Content-Type", "text/plain"), ("WWW-Authenticate", "Bearer")])
+            return [b"401: /metrics needs Authorization: Bearer <TIDAL_METRICS_TOKEN>\n"]
+        return app(environ, start_response)
+
+    return guarded

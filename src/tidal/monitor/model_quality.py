@@ -52,8 +52,9 @@ class ModelQualityStep(Step):
     name = "model_quality"
 
     def __init__(self, pipeline: str = "", window: int = 1000, period_s: float = 3600.0, task: str = "binary",
-                 publish_every_s: float = 5.0, label_field: str = "label") -> None:
+                 publish_every_s: float = 5.0, label_field: str = "label", max_versions: int = 8) -> None:
         self.pipeline = pipeline
+        self.max_versions = max_versions  # versions tracked at once: the most recently labelled
         self.window = window
         self.period_s = period_s
         self.task = task
@@ -90,15 +91,26 @@ class ModelQualityStep(Step):
         decisions = batch.column("decision").tolist() if self.task == "binary" else scores
         now = dt.datetime.now()  # River compares with a naive datetime.min
         for model, version, score, decision, label in zip(models, versions, scores, decisions, labels):
-            vm = self.versions.get((model, version))
+            vm = self.versions.pop((model, version), None)  # re-inserted: the dict is least recent first
             if vm is None:
-                vm = self.versions[(model, version)] = _VersionMetrics(names, self.window, self.period_s)
+                vm = _VersionMetrics(names, self.window, self.period_s)
+            self.versions[(model, version)] = vm
             y = bool(label) if self.task == "binary" else float(label)
             vm.labelled += 1
             for n in names:  # River's metrics take one pair at a time
                 y_pred = min(max(score, 1e-15), 1 - 1e-15) if n in _PROBA else decision
                 vm.by_count[n].update(y, y_pred)
                 vm.by_time[n].update(y, y_pred, t=now)
+        while len(self.versions) > self.max_versions:  # `tidal learn` publishes versions without end
+            model, version = next(iter(self.versions))
+            del self.versions[(model, version)]
+            if self._gauge is not None:
+                for metric in names:
+                    for window in ("events", "time"):
+                        try:
+                            self._gauge.remove(self.pipeline, model, version, metric, window)
+                        except KeyError:
+                            pass
         if self._gauge is not None:
             for (model, version), values in self.snapshot().items():
                 for window, table in (("events", values["events"]), ("time", values["time"])):

@@ -24,9 +24,15 @@ from typing import Any, Sequence
 import numpy as np
 import orjson
 
-__all__ = ["Batch", "Reject"]
+__all__ = ["Batch", "Reject", "record_headers"]
 
 _DTYPES = {"float": np.float64, "int": np.int64, "bool": np.bool_, "str": object}
+
+
+def record_headers(message: Any) -> Any:
+    """A consumed message's headers (None if it has none, or is a stand-in without them)."""
+    get = getattr(message, "headers", None)
+    return get() if get is not None else None
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,7 @@ class Reject:
     reason: str
     message: str
     step: str
+    headers: Any = None  #: the record's own Kafka headers, kept on its dead letter
 
 
 @dataclass
@@ -59,6 +66,15 @@ class Batch:
     columns: dict[str, np.ndarray] = field(default_factory=dict)
     outputs: list[str] = field(default_factory=list)
     rejected: list[Reject] = field(default_factory=list)
+    #: The consumed messages, row for row (None: rows not from Kafka); read through :attr:`headers`.
+    messages: list[Any] | None = field(default=None, repr=False)
+
+    @property
+    def headers(self) -> list[list[tuple[str, bytes]]]:
+        """Each row's Kafka record headers (``[]`` when it had none), read only when asked for."""
+        if self.messages is None:
+            return [[] for _ in self.rows]
+        return [record_headers(m) or [] for m in self.messages]
 
     @classmethod
     def from_rows(cls, rows: Sequence[dict[str, Any]], topic: str = "memory", types: dict[str, str] | None = None) -> "Batch":
@@ -125,6 +141,7 @@ class Batch:
             offsets=self.offsets[idx],
             timestamps=self.timestamps[idx],
             rows=[self.rows[i] for i in pick],
+            messages=[self.messages[i] for i in pick] if self.messages is not None else None,
             columns={k: v[idx] for k, v in self.columns.items()},
             outputs=list(self.outputs),
             rejected=list(self.rejected),
@@ -138,9 +155,10 @@ class Batch:
             return self
         messages = [message] * len(idx) if isinstance(message, str) else [message[i] for i in idx]
         rest = self.select(~mask)
+        src = self.messages
         rest.rejected.extend(
             Reject(self.values[i], self.keys[i], self.topics[i], int(self.partitions[i]), int(self.offsets[i]),
-                   int(self.timestamps[i]), reason, msg, step)
+                   int(self.timestamps[i]), reason, msg, step, record_headers(src[i]) if src is not None else None)
             for i, msg in zip(idx, messages)
         )
         return rest

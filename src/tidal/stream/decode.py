@@ -15,7 +15,7 @@ import numpy as np
 import orjson
 
 from tidal.stream.schema import Schema, classify
-from tidal.stream.batch import Batch, Reject
+from tidal.stream.batch import Batch, Reject, record_headers
 
 __all__ = ["decode_messages", "decode_values", "next_offsets"]
 
@@ -60,6 +60,7 @@ def decode_messages(msgs: Sequence[Any], schema: Schema | None = None) -> tuple[
         values=values, keys=keys, topics=topics, partitions=partitions, offsets=offsets, timestamps=timestamps,
         rows=[],
         types={f.name: f.type for f in schema.fields} if schema else {},
+        messages=msgs if isinstance(msgs, list) else list(msgs),
     )
     offsets = next_offsets(batch.topics, batch.partitions, batch.offsets)
     decode = schema.one_decoder.decode if schema else orjson.loads
@@ -91,24 +92,30 @@ def decode_messages(msgs: Sequence[Any], schema: Schema | None = None) -> tuple[
     kept = batch.select(~bad)
     kept.rejected.extend(
         Reject(values[i], batch.keys[i], batch.topics[i], int(batch.partitions[i]), int(batch.offsets[i]),
-               int(batch.timestamps[i]), e[0], e[1], STEP)
+               int(batch.timestamps[i]), e[0], e[1], STEP, record_headers(msgs[i]))
         for i, e in enumerate(errors) if e is not None
     )
     return kept, offsets
 
 
-def decode_values(values: Sequence[bytes | None], schema: Schema | None = None, topic: str = "memory") -> Batch:
-    """Decode raw values as if consumed in order from partition 0 of ``topic`` (tests, files, replays)."""
-    return decode_messages([_MemoryMessage(v, topic, i) for i, v in enumerate(values)], schema)[0]
+def decode_values(values: Sequence[bytes | None], schema: Schema | None = None, topic: str = "memory",
+                  headers: Sequence[Any] | None = None) -> Batch:
+    """Decode raw values as if consumed in order from partition 0 of ``topic`` (tests, files,
+    replays); ``headers[i]``: the Kafka headers of value *i* (a list of (name, bytes))."""
+    heads = list(headers) if headers is not None else [None] * len(values)
+    return decode_messages([_MemoryMessage(v, topic, i, h) for i, (v, h) in enumerate(zip(values, heads))], schema)[0]
 
 
 class _MemoryMessage:
     """Duck-types ``confluent_kafka.Message`` for values that did not come from Kafka."""
 
-    __slots__ = ("_value", "_topic", "_offset")
+    __slots__ = ("_value", "_topic", "_offset", "_headers")
 
-    def __init__(self, value: bytes | None, topic: str, offset: int) -> None:
-        self._value, self._topic, self._offset = value, topic, offset
+    def __init__(self, value: bytes | None, topic: str, offset: int, headers: Any = None) -> None:
+        self._value, self._topic, self._offset, self._headers = value, topic, offset, headers
+
+    def headers(self) -> Any:
+        return self._headers
 
     def value(self) -> bytes | None:
         return self._value

@@ -71,10 +71,13 @@ def encode_outputs(batch: Batch) -> list[bytes]:
 def dlq_headers(r: Reject, pipeline: str) -> list[tuple[str, bytes]]:
     """Headers of a dead-letter record: why it failed and where it came from.
 
-    The record's value and key are the original bytes, so it can be fixed and replayed.
-    Header names follow Kafka Connect's ``__connect.errors.*`` idea under a ``tidal.`` prefix.
+    The record's value and key are the original bytes, so it can be fixed and replayed, and its
+    own headers come first (without earlier ``tidal.error.*`` / ``tidal.source.*``, which a
+    replayed record may carry). Header names follow Kafka Connect's ``__connect.errors.*`` idea
+    under a ``tidal.`` prefix.
     """
-    return [
+    own = [(k, v) for k, v in (r.headers or ()) if not k.startswith(("tidal.error.", "tidal.source.", "tidal.pipeline"))]
+    return own + [
         ("tidal.error.reason", r.reason.encode()),
         ("tidal.error.message", r.message.encode("utf-8", "replace")[:4096]),
         ("tidal.error.step", r.step.encode()),

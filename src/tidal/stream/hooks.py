@@ -30,8 +30,9 @@ class WorkerHooks:
     def started(self, pipeline: "Pipeline", emit_alert: Callable[[dict[str, Any]], None]) -> None:
         """The worker starts ``pipeline``; ``emit_alert(event)`` writes to ``tidal.alerts``."""
 
-    def serve(self, port: int) -> int | None:
-        """Serve the metrics on ``port`` (``/metrics``); returns the port, or None if not served."""
+    def serve(self, port: int, health: Callable[[], dict[str, bool]] | None = None) -> int | None:
+        """Serve the metrics on ``port`` (``/metrics``; ``health()`` → ``{"live": .., "ready": ..}``
+        on ``/health/live`` and ``/health/ready``); returns the port, or None if not served."""
         return None
 
     def alert_topics(self) -> tuple[str, ...]:
@@ -61,6 +62,12 @@ class WorkerHooks:
 
     def state_size(self, store: str, entries: int) -> None:
         """Keys held by one state store."""
+
+    def state_restore(self, store: str, records: int, remaining: int) -> None:
+        """A restore of ``store`` applied ``records`` more changelog records; ``remaining`` left to read."""
+
+    def state_restored(self, store: str, warm: int, cold: int) -> None:
+        """A restore of ``store`` ended: ``warm`` partitions from a local checkpoint, ``cold`` from scratch."""
 
     def tick(self, now: float) -> None:
         """About once a second, idle or not (evaluate alert rules here)."""

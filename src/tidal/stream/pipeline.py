@@ -73,7 +73,7 @@ class Pipeline:
     dlq: str | None = None
     group: str | None = None
     max_batch: int = 5000
-    max_wait_ms: int = 50  # wait at most this long to fill a batch; 0: take what has arrived
+    max_wait_ms: int = 0  # 0 (default): each batch is what has arrived; N: wait up to N ms to fill one
     exactly_once: bool = False
     partitions: int = 4
     consumer_config: dict[str, Any] = field(default_factory=dict)
@@ -98,27 +98,47 @@ class Pipeline:
         return self
 
     def check(self) -> None:
-        """Refuse what cannot run: a non-step, two steps declaring the same state name, or a
-        step that reads a field neither the schema nor an earlier step provides (a model whose
-        feature the events lack would otherwise score NaN, or fail every batch)."""
+        """Refuse what cannot run (:meth:`problems`): raises ValueError with the first problem."""
+        problems = self.problems()
+        if problems:
+            raise ValueError(problems[0] if len(problems) == 1 else
+                             f"{problems[0]} (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''}: "
+                             f"`tidal check` lists them)")
+
+    def problems(self) -> list[str]:
+        """Everything that cannot run, one message each: two steps declaring the same state
+        name; a step that reads a field neither the schema nor an earlier step provides (a
+        model whose feature the events lack would otherwise score NaN, or fail every batch), or
+        one of the wrong type (a categorical feature the schema has as a number, or the
+        reverse); and what each step's own :meth:`~tidal.stream.step.Step.check` finds. A
+        non-step raises TypeError."""
+        out: list[str] = []
         seen: dict[str, str] = {}
-        known: set[str] | None = set(self.schema.names) if self.schema is not None else None
+        types: dict[str, str] = {f.name: f.type for f in self.schema.fields} if self.schema is not None else {}
+        known: set[str] | None = set(types) if self.schema is not None else None
         for step in self.steps:
-            if isinstance(step, Step) and known is not None:
-                missing = [f for f in step.reads() if f not in known]
-                if missing:
-                    raise ValueError(f"step {step.name!r} reads {', '.join(map(repr, missing))}, which the events "
-                                     f"of pipeline {self.name!r} do not have (schema: {', '.join(self.schema.names)})"
-                                     + _closest(missing[0], known))
-                added = step.adds()
-                known = None if added is None else known | set(added)
             if not isinstance(step, Step):
                 raise TypeError(f"{step!r} is not a tidal Step (wrap a function with FunctionStep)")
+            if known is not None:
+                missing = [f for f in step.reads() if f not in known]
+                if missing:
+                    out.append(f"step {step.name!r} reads {', '.join(map(repr, missing))}, which the events "
+                               f"of pipeline {self.name!r} do not have (schema: {', '.join(self.schema.names)})"
+                               + _closest(missing[0], known))
+                for f, want in step.read_types().items():
+                    have = types.get(f)
+                    if have is not None and want is not None and (have == "str") != (want == "str"):
+                        out.append(f"step {step.name!r} needs {f!r} as {want}, but the schema of pipeline "
+                                   f"{self.name!r} has it as {have}")
+                added = step.adds()
+                known = None if added is None else known | set(added)
+            out.extend(f"step {step.name!r}: {p}" for p in step.check())
             if step.state_name:
                 if step.state_name in seen:
-                    raise ValueError(f"steps {seen[step.state_name]!r} and {step.name!r} both declare state "
-                                     f"{step.state_name!r}: give one a name of its own (name=...)")
+                    out.append(f"steps {seen[step.state_name]!r} and {step.name!r} both declare state "
+                               f"{step.state_name!r}: give one a name of its own (name=...)")
                 seen[step.state_name] = step.name
+        return out
 
     def changelog(self, step: Step) -> str:
         """The compacted topic that backs ``step``'s state: ``<pipeline>.<state_name>.changelog``."""
@@ -170,17 +190,17 @@ class Pipeline:
         return sink
 
     def test(self, values: Sequence[bytes], topic: str | None = None,
-             side: list[SideRecord] | None = None) -> tuple[list[bytes], list[Reject]]:
+             side: list[SideRecord] | None = None, headers: Sequence[Any] | None = None) -> tuple[list[bytes], list[Reject]]:
         """Run the pipeline over raw message values in memory, no Kafka: (outputs, rejects).
 
         Steps that were not opened yet are opened without a cluster; their side outputs are
-        appended to ``side`` when given.
+        appended to ``side`` when given; ``headers[i]`` are value *i*'s record headers.
         """
         from tidal.stream.decode import decode_values
 
         sink = self.open_local() if any(s.ctx is None for s in self.steps) else \
             (self.steps[0].ctx.sink if self.steps else SideOutputs())
-        out = self.process(decode_values(values, self.schema, topic or self.sources[0]))
+        out = self.process(decode_values(values, self.schema, topic or self.sources[0], headers))
         records = sink.take()
         if side is not None:
             side.extend(records)

@@ -7,6 +7,18 @@ database is scratch space that lets state outgrow memory. Each store gets a fres
 share a database; it is removed when the store closes or the process exits (a ``kill -9``
 leaves it behind, to delete by hand).
 
+**Warm restarts** (``state_dir``, see :class:`tidal.stream.state.StateStore`): with a state
+folder, each partition's database lives at a stable path (``<state_dir>/<changelog>/p<q>``)
+and outlives the process. It holds a *checkpoint* under a reserved key (:data:`META_KEY`):
+``{"state": "clean", "offset": X, "committed": C, ...}`` says the database is exactly the
+committed state that the changelog partition up to offset ``X`` gives, with source offsets
+committed up to ``C``. The worker writes it only where that is true (after a restore, when
+nothing is in flight, on revocation and on shutdown); the first write after it marks the
+database ``dirty`` in the same ``WriteBatch``, so a database a ``kill -9`` left with writes of
+a batch that never committed is never taken for committed state. On assignment a clean
+database replays only the changelog from ``X`` on; a dirty, unreadable or stale one (see
+:func:`tidal.stream.state.restore_partitions`) is wiped and rebuilt from the whole changelog.
+
 Values are JSON bytes (:func:`tidal.stream.state.encode_value`). Writes go to a small cache
 first and reach the database in one ``WriteBatch`` when the worker takes the batch's changes,
 so a key a batch touches many times is encoded once. Values read back from the database are
@@ -22,6 +34,7 @@ decoded copies: set a value again after changing it (the in-memory backend needs
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 import weakref
@@ -33,9 +46,14 @@ from rocksdict import Options, Rdict, WriteBatch
 
 from tidal.stream.state import DELETED, encode_value
 
-__all__ = ["RocksPartition", "scratch_root"]
+__all__ = ["RocksPartition", "scratch_root", "META_KEY", "CHECKPOINT_VERSION"]
+
+log = logging.getLogger("tidal.state")
 
 _MISSING = object()
+META_KEY = b"\x00tidal:checkpoint"  # reserved: no state key is ever this (a str key starting with NUL)
+CHECKPOINT_VERSION = 1
+_DIRTY = orjson.dumps({"v": CHECKPOINT_VERSION, "state": "dirty"})
 FLUSH_EVERY = 10_000  # cached writes before they go to the database without waiting for a batch end
 
 
@@ -58,14 +76,82 @@ def scratch_root(name: str, path: str | None = None) -> _Root:
 
 
 class RocksPartition:
-    """One partition's state in its own RocksDB database (same methods as ``PartitionState``)."""
+    """One partition's state in its own RocksDB database (same methods as ``PartitionState``).
 
-    def __init__(self, path: str | Path) -> None:
+    ``persistent``: the database outlives the process and carries a checkpoint
+    (:meth:`checkpoint_info`, :meth:`mark_clean`); a database that cannot be opened (corrupt)
+    is wiped and made again. A database another process holds (its lock) raises.
+    """
+
+    def __init__(self, path: str | Path, persistent: bool = False) -> None:
         self.path = str(path)
-        self.db = Rdict(self.path, Options(raw_mode=True))
+        self.persistent = persistent
+        self.meta: dict[str, Any] | None = None  # the checkpoint found at open (clean ones only)
+        self._clean = False  # the database holds a clean checkpoint (the next write marks it dirty)
+        self.found = "new"  # at open: new | clean | dirty | corrupt
+        self.db = self._open()
         self.cache: dict[str, Any] = {}  # key → value or DELETED, not yet in the database
         self.dirty: set[str] = set()
-        self._n = 0
+        self._n: int | None = 0
+        if persistent:
+            self._read_meta()
+
+    def _open(self) -> Rdict:
+        if not self.persistent:
+            return Rdict(self.path, Options(raw_mode=True))
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return Rdict(self.path, Options(raw_mode=True))
+        except Exception as exc:  # noqa: BLE001 - rocksdict raises plain Exception
+            if "lock" in str(exc).lower():
+                raise
+            log.warning("state database %s unreadable (%s): wiping it", self.path, exc)
+            self.found = "corrupt"
+            shutil.rmtree(self.path, ignore_errors=True)
+            return Rdict(self.path, Options(raw_mode=True))
+
+    def _read_meta(self) -> None:
+        raw = self.db.get(META_KEY)
+        self._n = None  # unknown until counted (or read from a clean checkpoint)
+        if raw is None:
+            if self.found != "corrupt":
+                self.found = "new" if self._empty() else "corrupt"
+            if self.found == "new":
+                self._n = 0
+            return
+        try:
+            meta = orjson.loads(raw)
+            ok = (isinstance(meta, dict) and meta.get("v") == CHECKPOINT_VERSION and meta.get("state") == "clean"
+                  and isinstance(meta.get("offset"), int) and meta["offset"] >= 0 and isinstance(meta.get("n"), int)
+                  and isinstance(meta.get("chunked", {}), dict))
+        except orjson.JSONDecodeError:
+            meta, ok = None, False
+        if ok:
+            self.meta, self._clean, self.found, self._n = meta, True, "clean", meta["n"]
+        else:
+            self.found = "dirty" if isinstance(meta, dict) and meta.get("state") == "dirty" else "corrupt"
+
+    def _empty(self) -> bool:
+        it = self.db.iter()
+        it.seek_to_first()
+        return not it.valid()
+
+    def checkpoint_info(self) -> dict[str, Any] | None:
+        """The clean checkpoint this database was opened with (None: none, dirty or unreadable)."""
+        return self.meta if self._clean else None
+
+    def mark_clean(self, info: dict[str, Any]) -> None:
+        """Write the checkpoint ``info`` (offset, committed, ...): the database *is* that state."""
+        self.flush()
+        meta = {"v": CHECKPOINT_VERSION, "state": "clean", **info, "n": len(self)}
+        wb = WriteBatch(raw_mode=True)
+        wb.put(META_KEY, orjson.dumps(meta))
+        self.db.write(wb)
+        self.meta, self._clean = meta, True
+
+    @property
+    def clean(self) -> bool:
+        return self._clean
 
     def _exists(self, key: str) -> bool:
         v = self.cache.get(key, _MISSING)
@@ -81,7 +167,7 @@ class RocksPartition:
         return default if v is DELETED else v
 
     def load(self, key: str, value: Any) -> None:
-        if not self._exists(key):
+        if self._n is not None and not self._exists(key):
             self._n += 1
         self.cache[key] = value
         if len(self.cache) >= FLUSH_EVERY:
@@ -89,7 +175,8 @@ class RocksPartition:
 
     def unload(self, key: str) -> None:
         if self._exists(key):
-            self._n -= 1
+            if self._n is not None:
+                self._n -= 1
             self.cache[key] = DELETED
             if len(self.cache) >= FLUSH_EVERY:
                 self.flush()
@@ -106,7 +193,8 @@ class RocksPartition:
     def items(self) -> Iterator[tuple[str, Any]]:
         self.flush()
         for k, v in self.db.items():
-            yield k.decode(), orjson.loads(v)
+            if k != META_KEY:
+                yield k.decode(), orjson.loads(v)
 
     def clear(self) -> None:
         self.cache.clear()
@@ -115,6 +203,7 @@ class RocksPartition:
         Rdict.destroy(self.path)
         self.db = Rdict(self.path, Options(raw_mode=True))
         self._n = 0
+        self.meta, self._clean = None, False
 
     def take_dirty(self) -> list[tuple[str, Any]]:
         out = [(k, self.get(k, DELETED)) for k in self.dirty]
@@ -126,6 +215,9 @@ class RocksPartition:
         if not self.cache:
             return
         wb = WriteBatch(raw_mode=True)
+        if self._clean:  # in the same batch as the writes: a crash never leaves them under a clean checkpoint
+            wb.put(META_KEY, _DIRTY)
+            self._clean = False
         for k, v in self.cache.items():
             if v is DELETED:
                 wb.delete(k.encode())
@@ -142,4 +234,7 @@ class RocksPartition:
             shutil.rmtree(self.path, ignore_errors=True)
 
     def __len__(self) -> int:
+        if self._n is None:
+            self.flush()
+            self._n = sum(1 for k in self.db.keys() if k != META_KEY)
         return self._n

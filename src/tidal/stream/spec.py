@@ -16,7 +16,7 @@
                   aggs: {merchants: [merchant_category, distinct], p90: [amount, "mypackage.reducers:P90"]}}
       - python: mypackage.steps:flag_large                 # a Step class or a batch -> batch function
         args: {limit: 1000}
-    batch: {max_batch: 5000, max_wait_ms: 50}
+    batch: {max_batch: 5000, max_wait_ms: 0}               # 0: no wait, batches grow with the load
     exactly_once: false
     kafka: {consumer: {}, producer: {}}                    # extra librdkafka settings
     state: {backend: rocksdb, path: state}                 # window state in RocksDB (default: memory)
@@ -31,6 +31,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 from functools import lru_cache
@@ -79,7 +80,8 @@ def _step(entry: Mapping[str, Any], base: Path, previous: list[Step]) -> Step:
         return _python(entry["python"], entry.get("args") or {})
     types = step_types()
     if len(entry) != 1 or next(iter(entry)) not in types:
-        raise ValueError(f"unknown step {entry!r}; use one of {sorted(types)} or 'python: module:attr'")
+        raise ValueError(f"unknown step {entry!r}{_did_you_mean(next(iter(entry), ''), types)}; use one of "
+                         f"{sorted(types)} or 'python: module:attr'")
     kind, args = next(iter(entry.items()))
     factory = types[kind].load()
     try:
@@ -123,6 +125,18 @@ def _option_error(exc: TypeError) -> str:
     return f"unknown option {bad!r}{hint}" + (f"; options: {', '.join(options)}" if options else "")
 
 
+def _did_you_mean(bad: Any, known: Any) -> str:
+    close = difflib.get_close_matches(str(bad), [str(k) for k in known], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _int(section: Mapping[str, Any], key: str, default: int, where: str) -> int:
+    value = section.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().lstrip("-").isdigit():
+        raise ValueError(f"{where}{key} must be a whole number, not {value!r}")
+    return int(value)
+
+
 def _steps(entries: list[Mapping[str, Any]], base: Path) -> list[Step]:
     steps: list[Step] = []
     for entry in entries:
@@ -134,14 +148,16 @@ def _state(steps: list[Step], state: Mapping[str, Any], name: str, base: Path) -
     """``state: {backend: rocksdb, path: state}``: the backend of every stateful step that names none.
 
     ``path`` (relative to the YAML file; default ``$TIDAL_HOME/state/<pipeline>``) holds the
-    scratch databases; the changelog topics stay the record of truth.
+    scratch databases; the changelog topics stay the record of truth. ``dir`` (relative to the
+    YAML file too): a persistent folder instead, where ``rocksdb`` databases outlive restarts
+    with a checkpoint, so a restart on the same host replays only the changelog's tail.
     """
     from tidal.broker.embedded import tidal_home
     from tidal.stream.state import BACKENDS
 
-    unknown = set(state) - {"backend", "path"}
+    unknown = set(state) - {"backend", "path", "dir"}
     if unknown:
-        raise ValueError(f"unknown state keys {sorted(unknown)}; known: ['backend', 'path']")
+        raise ValueError(f"unknown state keys {sorted(unknown)}; known: ['backend', 'path', 'dir']")
     backend = state.get("backend", "memory")
     if backend not in BACKENDS:
         raise ValueError(f"unknown state backend {backend!r}; use one of {BACKENDS}")
@@ -151,13 +167,22 @@ def _state(steps: list[Step], state: Mapping[str, Any], name: str, base: Path) -
             step.state_backend = backend
             if step.state_path is None:
                 step.state_path = str(path if path.is_absolute() else base / path)
+    if state.get("dir"):
+        folder = Path(state["dir"])
+        for step in steps:
+            if step.state_name and getattr(step, "state_dir", None) is None:
+                step.state_dir = str(folder if folder.is_absolute() else base / folder)
 
 
-def from_dict(spec: Mapping[str, Any], base: str | Path = ".") -> Pipeline:
-    """A :class:`Pipeline` from the YAML structure above (``base``: folder for relative paths)."""
+def from_dict(spec: Mapping[str, Any], base: str | Path = ".", check: bool = True) -> Pipeline:
+    """A :class:`Pipeline` from the YAML structure above (``base``: folder for relative paths).
+
+    ``check=False`` builds it without :meth:`Pipeline.check`, for :meth:`Pipeline.problems` to list
+    every problem (``tidal check``)."""
     unknown = set(spec) - _KNOWN
     if unknown:
-        raise ValueError(f"unknown pipeline keys {sorted(unknown)}; known: {sorted(_KNOWN)}")
+        raise ValueError(f"unknown pipeline keys {sorted(unknown)}{_did_you_mean(sorted(unknown)[0], _KNOWN)}; "
+                         f"known: {sorted(_KNOWN)}")
     name = spec.get("pipeline") or spec.get("name")
     if not name:
         raise ValueError("a pipeline needs a name: `pipeline: <name>`")
@@ -168,32 +193,37 @@ def from_dict(spec: Mapping[str, Any], base: str | Path = ".") -> Pipeline:
     for section, have, known in (("batch", batch, ("max_batch", "max_wait_ms")), ("kafka", kafka, ("consumer", "producer"))):
         unknown = set(have) - set(known)
         if unknown:
-            raise ValueError(f"unknown {section} keys {sorted(unknown)}; known: {list(known)}")
+            raise ValueError(f"unknown {section} keys {sorted(unknown)}{_did_you_mean(sorted(unknown)[0], known)}; "
+                             f"known: {list(known)}")
     steps = _steps(spec.get("steps") or [], base)
     if spec.get("state"):
         _state(steps, spec["state"], name, base)
-    return Pipeline(
+    pipeline = Pipeline(
         name=name,
-        steps=steps,
+        steps=[],
         schema=Schema.from_dict(spec["schema"]) if spec.get("schema") else None,
         sources=[sources] if isinstance(sources, str) else sources,
         sink=spec.get("sink"),
         dlq=spec.get("dlq"),
         group=spec.get("group"),
-        max_batch=int(batch.get("max_batch", 5000)),
-        max_wait_ms=int(batch.get("max_wait_ms", 50)),
+        max_batch=_int(batch, "max_batch", 5000, "batch."),
+        max_wait_ms=_int(batch, "max_wait_ms", 0, "batch."),
         exactly_once=bool(spec.get("exactly_once", False)),
-        partitions=int(spec.get("partitions", 4)),
+        partitions=_int(spec, "partitions", 4, ""),
         consumer_config=dict(kafka.get("consumer") or {}),
         producer_config=dict(kafka.get("producer") or {}),
         alerts=[dict(a) for a in spec.get("alerts") or []],  # read by the worker's hooks (the monitor)
     )
+    pipeline.steps = steps
+    if check:
+        pipeline.check()
+    return pipeline
 
 
-def load_pipeline(path: str | Path) -> Pipeline:
-    """Read a pipeline YAML file."""
+def load_pipeline(path: str | Path, check: bool = True) -> Pipeline:
+    """Read a pipeline YAML file (``check``: as :func:`from_dict`)."""
     path = Path(path)
     spec = yaml.safe_load(path.read_text())
     if not isinstance(spec, Mapping):
         raise ValueError(f"{path}: expected a mapping at the top level")
-    return from_dict(spec, path.parent)
+    return from_dict(spec, path.parent, check)

@@ -13,8 +13,9 @@ A step sees a whole micro-batch and should compute column-wise. It may **declare
 
 and the fields it reads and adds, so a pipeline can be checked before it runs
 (:meth:`~tidal.stream.pipeline.Pipeline.check`): ``reads()`` (fields each event must carry,
-e.g. a model's features) and ``adds()`` (the columns it writes; ``None``: not known, which
-ends the check of later steps' fields).
+e.g. a model's features) with ``read_types()`` where a type matters, ``adds()`` (the columns
+it writes; ``None``: not known, which ends the check of later steps' fields), and ``check()``
+(anything else that would fail every batch, found before the first one).
 
 Optional hooks: ``open(ctx)`` when the worker starts, ``on_assign`` / ``on_revoke`` when Kafka
 moves partitions, ``close()`` at shutdown. A step that raises has its whole batch sent to the
@@ -51,6 +52,9 @@ class Step(ABC):
     #: The store's backend when the step has state: ``memory`` or ``rocksdb`` (``None``: the pipeline's).
     state_backend: str | None = None
     state_path: str | None = None
+    #: A persistent folder for ``rocksdb`` state: warm restarts replay only the changelog's tail
+    #: (``None``: the pipeline's ``state: {dir: ...}``, else ``$TIDAL_STATE_DIR``, else scratch).
+    state_dir: str | None = None
     #: Topics this step writes through ``ctx.emit`` (``{pipeline}`` is the pipeline's name).
     side_outputs: tuple[str, ...] = ()
     #: Set by the worker (or :meth:`Pipeline.test`) before :meth:`open`.
@@ -68,6 +72,15 @@ class Step(ABC):
     def adds(self) -> list[str] | None:
         """Columns this step adds (``None``: unknown; later steps' fields are then not checked)."""
         return None
+
+    def read_types(self) -> dict[str, str]:
+        """Types (``float``/``int``/``bool``/``str``) of the fields it reads, where it needs one."""
+        return {}
+
+    def check(self) -> list[str]:
+        """Problems that would make this step fail at run time (e.g. an explain step whose model
+        has no exact explanations), as one message each; checked before a run."""
+        return []
 
     def outputs(self, pipeline: str) -> tuple[str, ...]:
         """The side-output topics of this step in ``pipeline``."""

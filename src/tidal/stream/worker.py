@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -51,7 +53,7 @@ from tidal.stream.decode import decode_messages
 from tidal.stream.encode import dlq_headers, encode_outputs, fit_dead_letter, produce_error_headers
 from tidal.stream.hooks import WorkerHooks, default_hooks
 from tidal.stream.pipeline import Pipeline
-from tidal.stream.state import StateStore, restore_partitions
+from tidal.stream.state import STATE_DIR_ENV, StateStore, restore_partitions
 
 __all__ = ["Worker", "WorkerStats", "DeliveryFailed", "fetch_wait_ms", "take_arrived"]
 
@@ -138,13 +140,17 @@ class Worker:
     the monitor's metrics and alert rules). ``max_in_flight``: at-least-once batches produced
     but not yet acknowledged (each is committed once all its records are, in order).
     ``max_redeliveries``: how many times in a row a refused delivery is retried from the last
-    commit before the worker stops with :class:`DeliveryFailed`.
+    commit before the worker stops with :class:`DeliveryFailed`. ``commit_interval_s``:
+    acknowledged offsets are committed at most this often (at-least-once; one commit per batch
+    of a few events would cost the broker more than the batch), and always on revocation and
+    shutdown; a crash repeats at most that much more.
     """
 
     def __init__(self, pipeline: Pipeline, settings: KafkaSettings, worker_id: str = "0",
                  on_batch: Callable[["Worker", Batch], None] | None = None,
                  hooks: WorkerHooks | None = None, lag_interval_s: float = 1.0, max_in_flight: int = 3,
-                 max_redeliveries: int = 5, metrics_port: int | None = None, handle_signals: bool = True) -> None:
+                 max_redeliveries: int = 5, metrics_port: int | None = None, handle_signals: bool = True,
+                 commit_interval_s: float = 0.1) -> None:
         self.pipeline = pipeline
         self.metrics_port = metrics_port  # serve /metrics here while running (0 or None: off)
         self.handle_signals = handle_signals  # SIGTERM / SIGINT drain, commit and return (main thread only)
@@ -156,6 +162,9 @@ class Worker:
         self.lag_interval_s = lag_interval_s
         self.max_in_flight = max_in_flight
         self.max_redeliveries = max_redeliveries
+        self.commit_interval_s = commit_interval_s  # at-least-once: commit acknowledged offsets at most this often
+        self._unsent: Offsets = {}  # acknowledged, not yet committed (paced by commit_interval_s)
+        self._commit_at = 0.0
         self._failures = 0  # redeliveries in a row
         self.side = SideOutputs()  # what steps (and hooks) emitted, not yet produced
         self.stores: dict[int, StateStore] = {}  # by step index
@@ -168,6 +177,9 @@ class Worker:
         self._last_input = float("inf")
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
+        self.lag = 0  # records behind, over the assigned partitions (updated every lag_interval_s)
+        self._turned = 0.0  # monotonic time the loop last went round (health)
+        self._assigned_once = self._restoring = False
 
     @property
     def _record_limit(self) -> int:
@@ -215,7 +227,9 @@ class Worker:
         p = self.pipeline
         conf: dict[str, Any] = {
             "enable.idempotence": True,
-            "linger.ms": 5,
+            # 2 ms: within ~3 ms of a relay's latency at 10k events/s, and batches still fill under
+            # load (a unit's records are queued at once); bench/run.py --only latency compares 1/2/5.
+            "linger.ms": 2,
             "batch.size": 1_000_000,
             "compression.type": "lz4",
             "queue.buffering.max.messages": max(1_000_000, 4 * p.max_batch),
@@ -248,7 +262,8 @@ class Worker:
             n = self._source_partitions()
             for i, step in stateful:
                 store = StateStore(step.state_name, p.changelog(step), backend=step.state_backend or "memory",
-                                   path=step.state_path)
+                                   path=step.state_path,
+                                   state_dir=getattr(step, "state_dir", None) or os.environ.get(STATE_DIR_ENV) or None)
                 ensure_topics(self.settings, [TopicSpec(store.changelog, n, COMPACTED)])
                 self.stores[i] = store
         for i, step in enumerate(p.steps):
@@ -294,9 +309,21 @@ class Worker:
             upto = {q: {t: committed.get((t, q), -1) for t in sources} for q in {q for _t, q in tps}}
         for store in self.stores.values():  # state first: no batch of these partitions runs before it is back
             t0 = time.monotonic()
-            n = restore_partitions(self.settings, store, upto)
-            log.info("restored %s %s: %d changelog records in %.2fs", store.name, [q for _t, q in tps], n,
-                     time.monotonic() - t0)
+            n = restore_partitions(self.settings, store, upto,
+                                   progress=lambda k, left, name=store.name: self.hooks.state_restore(name, k, left))
+            r = store.last_restore
+            self.hooks.state_restored(store.name, len(r.get("warm", ())), len(r.get("cold", ())))
+            log.info("restored %s %s: %d changelog records in %.2fs (%d read; warm from a local checkpoint: %s)",
+                     store.name, [q for _t, q in tps], n, time.monotonic() - t0, r.get("read", 0),
+                     r.get("warm") or "none")
+
+    def _checkpoint_stores(self, only: list[int] | None = None, force: bool = True) -> None:
+        """Persistent stores note that their databases equal committed state: call only when every
+        delivered unit is acknowledged and committed (or being committed) and before new changes."""
+        if not self.stores or self._inflight or getattr(self, "_unsent", None) or sys.exc_info()[0] is not None:
+            return  # (an exception on its way out, e.g. through consumer.close(): a batch may be half done)
+        for store in self.stores.values():
+            store.checkpoint(self.consumer, only, force=force)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.stats.rebalances += 1
@@ -313,10 +340,15 @@ class Worker:
         for key, offset in committed.items():
             if offset >= 0:
                 self._positions.setdefault(key, offset)
-        self._restore(tps, committed)
+        self._restoring = True  # live (not stalled) while state is restored inside this callback
+        try:
+            self._restore(tps, committed)
+        finally:
+            self._restoring = False
         for step in self.pipeline.steps:
             step.on_assign(tps)
-        self._last_input = time.monotonic()  # restoring is not idleness: the idle clock starts now
+        self._last_input = self._turned = time.monotonic()  # restoring is not idleness: the idle clock starts now
+        self._assigned_once = True
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.stats.rebalances += 1
@@ -331,11 +363,20 @@ class Worker:
             step.on_revoke(tps)
         self._settle()
         self._commit_done(only=set(tps))
+        self._checkpoint_stores([q for _t, q in tps])
         for store in self.stores.values():
             for _t, q in tps:
                 store.drop(q)
 
     # -- the loop --------------------------------------------------------------------------
+    def health(self, stall_s: float = 60.0) -> dict[str, Any]:
+        """``live``: the loop went round within ``stall_s`` (a batch, or an idle poll); ``ready``:
+        live, and Kafka has given this worker its partitions (none left is also an answer)."""
+        running = self.consumer is not None and not self._stop.is_set()
+        live = running and (self._restoring or time.monotonic() - self._turned < stall_s)
+        return {"live": live, "ready": live and self._assigned_once and not self._restoring,
+                "restoring": self._restoring, "lag": self.lag}
+
     def stop(self) -> None:
         """Ask the loop to finish the current batch and exit."""
         self._stop.set()
@@ -355,7 +396,7 @@ class Worker:
             previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
             self.install_signal_handlers()
         if self.metrics_port:
-            self.hooks.serve(self.metrics_port)
+            self.hooks.serve(self.metrics_port, self.health)
         try:
             return self._run(idle_exit_s)
         finally:
@@ -375,6 +416,7 @@ class Worker:
         gc.freeze()  # long-lived objects (models, code) need no rescans by the cyclic GC
         try:
             while not self._stop.is_set():
+                self._turned = time.monotonic()
                 msgs = take()
                 self.producer.poll(0)
                 if msgs:
@@ -385,7 +427,8 @@ class Worker:
                 else:
                     if len(self.side):  # emitted between batches (timers, hooks): a unit of its own
                         self._deliver(_Unit({}, side=self.side.take()))
-                    self._settle(wait=False)  # idle: commit the last units as soon as they are acknowledged
+                    if self._settle(wait=False):  # idle: commit the last units as soon as they are acknowledged
+                        self._checkpoint_stores(force=False)  # nothing in flight: warm state dirs note it
                 now = time.monotonic()
                 if now - self._lag_at >= self.lag_interval_s:  # idle too: lag drains to 0
                     self._update_lag()
@@ -472,6 +515,7 @@ class Worker:
         """
         self._lag_at = time.monotonic()
         now_ms = time.time() * 1000
+        total = 0
         for tp in self.consumer.assignment():
             key = (tp.topic, tp.partition)
             try:
@@ -481,8 +525,10 @@ class Worker:
             if high < 0:
                 continue
             lag = max(0, high - self._positions.get(key, max(low, 0)))  # no commit yet: from the start
+            total += lag
             age = (now_ms - self._last_ts.get(key, now_ms)) / 1000 if lag else 0.0
             self.hooks.lag(tp.topic, tp.partition, lag, max(0.0, age))
+        self.lag = total
 
     def _state_changes(self, offsets: Offsets) -> list[tuple[str, int, bytes, bytes]]:
         if not self.stores:
@@ -596,7 +642,10 @@ class Worker:
         if done:
             self._failures = 0
             self._done.update(done)
-            self._commit(done)
+            self._unsent.update(done)
+        if self._unsent and (wait or time.monotonic() - self._commit_at >= self.commit_interval_s):
+            self._commit(self._unsent)
+            self._unsent = {}
         if failed is not None:
             self._redeliver(failed.errors)
         return not self._inflight
@@ -622,12 +671,15 @@ class Worker:
     def _commit(self, offsets: Offsets) -> None:
         """Commit acknowledged offsets without waiting (a sync commit follows on revoke/shutdown)."""
         self.consumer.commit(offsets=[TopicPartition(t, q, o) for (t, q), o in offsets.items()], asynchronous=True)
+        self._commit_at = time.monotonic()
         self.stats.commits += 1
         self.hooks.committed()
 
     def _commit_done(self, only: set[tuple[str, int]] | None = None) -> None:
         """Synchronously commit delivered offsets (at-least-once); in EOS the transaction did it."""
         pending = {k: v for k, v in self._done.items() if only is None or k in only}
+        for k in pending:  # committed below: a paced async commit must not follow with the same offsets
+            self._unsent.pop(k, None)
         if not pending or self.pipeline.exactly_once or self.consumer is None:
             return
         try:
@@ -697,6 +749,7 @@ class Worker:
                 self._settle()
                 self.producer.flush(30)
             self._commit_done()
+            self._checkpoint_stores()
         finally:
             if self.consumer is not None:
                 self.consumer.close()
