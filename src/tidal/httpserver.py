@@ -6,6 +6,11 @@ names at once, and connections queue from then on), :meth:`HttpServer.start` ser
 daemon thread and returns once uvicorn accepts, :meth:`HttpServer.run` serves until SIGINT /
 SIGTERM. Subclasses add what runs beside the app with :meth:`_starting` and :meth:`_close`.
 
+Overload is answered, not queued without end: past ``max_in_flight`` requests at once (default
+256, ``$TIDAL_HTTP_MAX_IN_FLIGHT``) a request gets ``503`` with ``Retry-After: 1`` at once (it
+costs no decoding, no model call); past ``limit_concurrency`` connections uvicorn itself answers
+503. Idle keep-alive connections close after ``keep_alive_s``.
+
 >>> from starlette.applications import Starlette
 >>> import httpx
 >>> with HttpServer(Starlette(), port=0).start() as s:
@@ -15,6 +20,7 @@ SIGTERM. Subclasses add what runs beside the app with :meth:`_starting` and :met
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import threading
@@ -23,7 +29,33 @@ from typing import Any, Self
 
 import uvicorn
 
-__all__ = ["HttpServer"]
+__all__ = ["HttpServer", "Overload"]
+
+
+class Overload:
+    """ASGI middleware: at most ``limit`` HTTP requests in the app at once; the next get 503 and
+    ``Retry-After`` without reaching it (``rejected`` counts them)."""
+
+    def __init__(self, app: Any, limit: int, retry_after_s: int = 1) -> None:
+        self.app, self.limit, self.retry_after = app, limit, str(retry_after_s).encode()
+        self.in_flight = self.rejected = 0
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:  # one event loop: no lock needed between check and increment
+            self.rejected += 1
+            await send({"type": "http.response.start", "status": 503,
+                        "headers": [(b"content-type", b"application/json"), (b"retry-after", self.retry_after)]})
+            await send({"type": "http.response.body",
+                        "body": b'{"error": "overloaded: too many requests in flight; retry after 1 s"}'})
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
 
 
 class HttpServer:
@@ -34,8 +66,11 @@ class HttpServer:
     limit_concurrency = 512  # connections + requests in flight; over it uvicorn answers 503 at once
     keep_alive_s = 5.0  # an idle keep-alive connection is closed after this
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> None:
-        self.app, self.host, self.port, self.log_level = app, host, port, log_level
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
+                 max_in_flight: int | None = None) -> None:
+        limit = max_in_flight or int(os.environ.get("TIDAL_HTTP_MAX_IN_FLIGHT", "256"))
+        self.overload = Overload(app, limit)
+        self.app, self.host, self.port, self.log_level = self.overload, host, port, log_level
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None

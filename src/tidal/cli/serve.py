@@ -36,6 +36,8 @@ def serve(models: Optional[List[str]] = typer.Argument(None, help="Model folders
           max_batch_time: float = typer.Option(0.0, help="Adaptive batching: longest wait in seconds (0: off)."),
           max_body_bytes: int = typer.Option(16 * 1024 * 1024, help="Largest request body (413 above)."),
           max_rows: int = typer.Option(100_000, help="Most rows in one request (413 above)."),
+          max_in_flight: int = typer.Option(256, "--max-in-flight", envvar="TIDAL_HTTP_MAX_IN_FLIGHT", min=1,
+                                            help="HTTP requests in flight at once; more get 503 with Retry-After."),
           token: Optional[str] = typer.Option(None, envvar="TIDAL_SERVE_TOKEN", show_default=False,
                                               help="Require 'Authorization: Bearer TOKEN' (health routes stay open)."),
           workers: Optional[int] = typer.Option(None, help="Threads running model calls (default: min(4, CPUs))."),
@@ -46,10 +48,29 @@ def serve(models: Optional[List[str]] = typer.Argument(None, help="Model folders
           registry: Optional[Path] = RegistryOpt,
           log_level: str = typer.Option("INFO", help="Logging level."),
           bootstrap: Optional[str] = typer.Option(None, "--bootstrap", "-b", envvar="TIDAL_BOOTSTRAP_SERVERS",
-                                                  help="Kafka bootstrap servers, for --follow."),
+                                                  help="Kafka bootstrap servers, for --follow and --kafka-input."),
           kafka_config: Optional[str] = typer.Option(None, "--kafka-config", envvar="TIDAL_KAFKA_CONFIG",
-                                                     help="librdkafka .properties file, for --follow.")) -> None:
-    """Serve models over the Open Inference Protocol v2 (HTTP, and gRPC with --grpc-port) until Ctrl-C / SIGTERM."""
+                                                     help="librdkafka .properties file, for --follow and "
+                                                          "--kafka-input."),
+          kafka_input: Optional[str] = typer.Option(None, "--kafka-input", envvar="TIDAL_SERVE_KAFKA_INPUT",
+                                                    help="Answer OIP v2 inference requests read from this topic "
+                                                         "(model in header mlserver-model or tidal-model) instead "
+                                                         "of HTTP."),
+          kafka_output: Optional[str] = typer.Option(None, "--kafka-output", envvar="TIDAL_SERVE_KAFKA_OUTPUT",
+                                                     help="Topic for the responses, keyed like their requests "
+                                                          "(default: <input>.responses)."),
+          kafka_dlq: Optional[str] = typer.Option(None, "--kafka-dlq", help="Topic for requests that cannot be "
+                                                  "answered, with the reason in headers (default: <input>.dlq)."),
+          kafka_group: Optional[str] = typer.Option(None, "--kafka-group", help="Consumer group (default: "
+                                                    "tidal.serve.<input>); servers in one group share the input."),
+          kafka_max_batch: int = typer.Option(500, "--kafka-max-batch", help="Most requests per micro-batch "
+                                              "(scored together, committed together)."),
+          exactly_once: bool = typer.Option(False, "--exactly-once", help="Responses, dead letters and input "
+                                            "offsets in one transaction (read the responses read_committed)."),
+          metrics_port: int = typer.Option(0, "--metrics-port", help="With --kafka-input: the worker's "
+                                           "Prometheus /metrics on this port (0: off).")) -> None:
+    """Serve models over the Open Inference Protocol v2 (HTTP, and gRPC with --grpc-port; Kafka with
+    --kafka-input) until Ctrl-C / SIGTERM."""
     from tidal.models import ArtifactError
     from tidal.serve.repository import ModelRepository
     from tidal.serve.server import ModelServer
@@ -74,11 +95,16 @@ def serve(models: Optional[List[str]] = typer.Argument(None, help="Model folders
             typer.echo(f"model {model.name} v{model.version} ({model.card.flavor}) from {ref}")
     except (ArtifactError, ValueError) as exc:
         _fail(str(exc))
-    if follow:
+    if kafka_output and not kafka_input:
+        _fail("--kafka-output needs --kafka-input TOPIC")
+    settings = None
+    if follow or kafka_input:
         from tidal.cli.main import settings_or_exit
-        from tidal.models.follower import DeploymentFollower
 
         settings = settings_or_exit(bootstrap, kafka_config)
+    if follow:
+        from tidal.models.follower import DeploymentFollower
+
         trusted = None
         if registry is not None:  # versions resolved (and checksums checked) in this registry
             from tidal.registry import Registry
@@ -91,9 +117,13 @@ def serve(models: Optional[List[str]] = typer.Argument(None, help="Model folders
                 typer.echo(f"model {name}: {r.deployment.mode} v{r.primary.version} (following tidal.models)")
             except TimeoutError as exc:
                 typer.echo(f"warning: {exc}; serving anyway (not ready until a deployment arrives)", err=True)
+    if kafka_input:
+        _serve_kafka(repo, settings, kafka_input, kafka_output or f"{kafka_input}.responses", kafka_dlq, kafka_group,
+                     kafka_max_batch, max_batch_size, max_batch_time, max_rows, workers, exactly_once, metrics_port)
+        return
     server = ModelServer(repo, host=host, port=port, max_batch_size=max_batch_size, max_batch_time=max_batch_time,
                          max_body_bytes=max_body_bytes, max_rows=max_rows, token=token, workers=workers,
-                         grpc_port=grpc_port or None)
+                         grpc_port=grpc_port or None, max_in_flight=max_in_flight)
     batching = (f"adaptive batching up to {max_batch_size} rows / {max_batch_time * 1000:g} ms"
                 if server.plane.batcher_enabled else "no adaptive batching")
     server.bind()
@@ -103,6 +133,26 @@ def serve(models: Optional[List[str]] = typer.Argument(None, help="Model folders
         server.run()
     except RuntimeError as exc:  # e.g. the gRPC port is taken
         _fail(str(exc), 1)
+
+
+def _serve_kafka(repo, settings, input: str, output: str, dlq: Optional[str], group: Optional[str], max_batch: int,
+                 max_batch_size: int, max_batch_time: float, max_rows: int, workers: Optional[int],
+                 exactly_once: bool, metrics_port: int) -> None:
+    """``tidal serve --kafka-input``: the stream engine's worker answers until SIGTERM / Ctrl-C (then
+    it finishes the batch in hand, commits and exits)."""
+    from tidal.serve.kafka import KafkaInference
+
+    server = KafkaInference(repo, settings, input, output, dlq=dlq, group=group, max_batch=max_batch,
+                            max_batch_size=max_batch_size if max_batch_size > 1 else 1024,
+                            max_batch_time=max_batch_time if max_batch_time > 0 else 0.002, max_rows=max_rows,
+                            workers=workers, exactly_once=exactly_once, metrics_port=metrics_port or None)
+    typer.echo(f"serving {', '.join(repo.names()) or 'no models'} over Kafka: requests on {input} → responses on "
+               f"{output}, dead letters on {server.dlq} (group {server.pipeline.group}); Ctrl-C stops", err=True)
+    try:
+        stats = server.run()
+    finally:
+        repo.close()
+    typer.echo(f"answered {server.step.answered} requests, {stats.as_dict()['dlq_total']} dead letters", err=True)
 
 
 @serve_app.command("convert")

@@ -2,6 +2,7 @@
 
 - :mod:`~tidal.serve.dataplane`: the transport-free scoring core (adaptive batching, metrics);
 - :mod:`~tidal.serve.app` / :mod:`~tidal.serve.server`: the HTTP adapter and its wiring (``tidal serve``);
+- :mod:`~tidal.serve.kafka`: inference requests as Kafka records (``tidal serve --kafka-input``), on the stream engine;
 - :mod:`~tidal.serve.onnx`: conversion with a parity check (``onnx`` models run in
   :mod:`tidal.models.runtimes.onnx`);
 - :mod:`~tidal.serve.remote`: :class:`RemoteScoreStep`, a pipeline step that calls a model server.

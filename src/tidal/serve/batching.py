@@ -69,6 +69,11 @@ class AdaptiveBatcher:
             self._timer = loop.call_later(self.max_batch_time, self._flush)
         return await future
 
+    def flush(self) -> None:
+        """Send the waiting requests now, without waiting out ``max_batch_time`` (on the running loop)."""
+        if self._pending:
+            self._flush()
+
     def _call(self, X: np.ndarray) -> np.ndarray:
         self.calls += 1
         if self.on_call is not None:

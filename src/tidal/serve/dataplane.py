@@ -121,6 +121,12 @@ class DataPlane:
             self._batchers[key] = batcher
         return batcher
 
+    def flush(self) -> None:
+        """Send every batcher's waiting requests now (a transport that knows no more are coming:
+        the Kafka adapter, once a micro-batch's requests are all queued)."""
+        for batcher in list(self._batchers.values()):
+            batcher.flush()
+
     async def infer(self, name: str, request: InferenceRequest, version: str | None = None,
                     key: str | None = None) -> dict[str, Any]:
         """Answer an OIP inference request.

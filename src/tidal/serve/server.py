@@ -46,11 +46,12 @@ class ModelServer(HttpServer):
                  max_batch_size: int = 0, max_batch_time: float = 0.0, max_body_bytes: int = DEFAULT_MAX_BODY,
                  max_rows: int = 100_000, token: str | None = None, workers: int | None = None,
                  registry: CollectorRegistry | None = None, log_level: str = "warning",
-                 grpc_port: int | None = None) -> None:
+                 grpc_port: int | None = None, max_in_flight: int | None = None) -> None:
         self.repository = repository
         self.plane = DataPlane(repository, max_batch_size=max_batch_size, max_batch_time=max_batch_time,
                                max_rows=max_rows, workers=workers, metrics=ServeMetrics(registry))
-        super().__init__(create_app(self.plane, max_body_bytes=max_body_bytes, token=token), host, port, log_level)
+        super().__init__(create_app(self.plane, max_body_bytes=max_body_bytes, token=token), host, port, log_level,
+                         max_in_flight)
         self.grpc: Any = None  # a GrpcEndpoint when grpc_port is given (grpcio imported only then)
         if grpc_port is not None:
             from tidal.serve.grpc_server import GrpcEndpoint
