@@ -51,7 +51,26 @@ def _onnx(X, y):
     return OnnxModel(runtime_for("sklearn").to_onnx(_sklearn(X, y), X.shape[1]))
 
 
-MAKERS = {"lightgbm": _lightgbm, "sklearn": _sklearn, "river": _river, "onnx": _onnx}
+def _mlflow_pyfunc(X, y):
+    """An MLflow model folder served through mlflow.pyfunc: predict_proba's two columns, P(positive) taken."""
+    import tempfile
+
+    pytest.importorskip("mlflow")
+    import mlflow.sklearn
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    from tidal.models.runtimes import MlflowModel
+
+    folder = Path(tempfile.mkdtemp(prefix="tidal-test-pyfunc-")) / "model"
+    signature = ModelSignature(inputs=Schema([ColSpec("double", f) for f in FEATURES]))
+    mlflow.sklearn.save_model(_sklearn(X, y), str(folder), serialization_format="cloudpickle",
+                              pyfunc_predict_fn="predict_proba", signature=signature)
+    return MlflowModel(folder, FEATURES)
+
+
+MAKERS = {"lightgbm": _lightgbm, "sklearn": _sklearn, "river": _river, "onnx": _onnx,
+          "mlflow_pyfunc": _mlflow_pyfunc}
 EXPLAINS = {"lightgbm", "sklearn"}
 
 
