@@ -98,6 +98,43 @@ def test_status_reports_group_lag(settings, name):
     assert table.returncode == 0 and f"g-{name}" in table.stdout
 
 
+def test_status_scopes_to_a_pipeline_hides_reader_groups_and_never_cuts_names(settings, name):
+    import json
+
+    import orjson
+    from confluent_kafka import Consumer, TopicPartition
+
+    from .kafka_helpers import produce
+
+    long_topic = f"{name}.events-of-a-pipeline-with-a-rather-long-name-for-a-terminal-of-eighty-columns"
+    ensure_topics(settings, [TopicSpec(f"{name}.events", 1), TopicSpec(long_topic, 1), TopicSpec(f"other-{name}.events", 1)])
+    produce(settings, f"{name}.events", [orjson.dumps({"i": i}) for i in range(10)])
+    produce(settings, long_topic, [orjson.dumps({"i": i}) for i in range(10)])
+    for group, topic in ((f"tidal.{name}", f"{name}.events"), (f"tidal.trace.{name}", f"{name}.events"),
+                         (f"g-long-{name}", long_topic), (f"tidal.other-{name}", f"other-{name}.events")):
+        c = Consumer(settings.client_config({"group.id": group, "log_level": 3}))
+        c.commit(offsets=[TopicPartition(topic, 0, 3)], asynchronous=False)
+        c.close()
+
+    def status(*args: str) -> dict:
+        r = subprocess.run([sys.executable, "-m", "tidal", "status", "--json", "--bootstrap", settings.bootstrap, *args],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    scoped = status("--pipeline", name)
+    groups = {g["group"] for g in scoped["groups"]}
+    assert groups == {f"tidal.{name}", f"g-long-{name}"}  # its own and a group reading its topics
+    assert scoped["hidden_groups"] >= 1  # the trace reader
+    assert set(scoped["topics"]) == {f"{name}.events", long_topic}
+    assert f"tidal.trace.{name}" in {g["group"] for g in status("--pipeline", name, "--all")["groups"]}
+    table = subprocess.run([sys.executable, "-m", "tidal", "status", "-p", name, "--bootstrap", settings.bootstrap],
+                           capture_output=True, text=True, timeout=60, env={k: v for k, v in os.environ.items()
+                                                                            if k != "COLUMNS"})
+    assert table.returncode == 0 and long_topic in table.stdout  # piped: the whole name, not cut at 80
+    assert "not shown: --all" in table.stdout and f"other-{name}" not in table.stdout
+
+
 def test_a_restarted_broker_keeps_its_port_and_gets_the_deployments_back(tmp_path, name):
     """Its storage is in memory: `broker start` republishes the registry's current deployments."""
     import numpy as np

@@ -271,18 +271,194 @@ def test_page_switches_between_pipelines_and_shows_a_down_worker(tmp_path):
     with d.start(), Chromium(tmp_path / "chromium", width=1200, height=800) as browser:
         browser.open(d.url + "/")
         chips = "[...document.querySelectorAll('#pipelines .chip')].map(b => b.textContent).join('|')"
-        assert browser.wait_for(f"{chips} === 'all pipelines|clicks|orders' && {chips}")
+        assert browser.wait_for(f"{chips} === 'clicks|orders|all pipelines (sum)' && {chips}")
         events = "document.getElementById('kpi-events-in').textContent"
-        browser.wait_for(f"{events} === '1,234'")
+        active = "document.querySelector('#pipelines .chip.active').textContent"
+        browser.wait_for(f"{events} === '34' && {active} === 'clicks'")  # by default one pipeline: the first
+        browser.evaluate("document.querySelector('#pipelines .chip[data-pipeline=\"orders\"]').click()")
+        browser.wait_for(f"{events} === '1,200' && location.search === '?pipeline=orders'")
         browser.wait_for("document.querySelectorAll('#chart-quality canvas').length > 0")
-        assert browser.evaluate("document.querySelector('#chart-quality .u-legend').textContent") == \
-            "churn v3 accuracy window=1000"
+        assert browser.evaluate("document.querySelector('#chart-quality .u-legend').textContent") == "v3 accuracy"
+        browser.evaluate("document.querySelector('#pipelines .chip[data-pipeline=\"*\"]').click()")
+        browser.wait_for(f"{events} === '1,234' && {active} === 'all pipelines (sum)'")  # an explicit sum
         browser.evaluate("document.querySelector('#pipelines .chip[data-pipeline=\"clicks\"]').click()")
-        browser.wait_for(f"{events} === '34' && location.hash === '#pipeline=clicks'")
-        assert browser.evaluate("document.querySelector('#pipelines .chip.active').textContent") == "clicks"
+        browser.wait_for(f"{events} === '34' && location.search === '?pipeline=clicks'")
+        assert browser.evaluate(active) == "clicks"
         assert browser.evaluate("document.getElementById('targets-status').textContent") == "workers 2/3 up"
         down = browser.evaluate("[...document.querySelectorAll('#targets-table tbody tr')]"
                                 ".filter(tr => tr.cells[0].textContent.includes('gone'))[0].cells[1].textContent")
         assert down.startswith("down:") and "refused" in down
         assert browser.evaluate("document.getElementById('kafka-status').textContent") == "Kafka: not configured"
         browser.screenshot(tmp_path / "pipelines.png")
+
+
+def test_monitor_workers_apart_quality_axes_and_scores():
+    """A `tidal monitor` worker's counts stay out of its pipeline's; quality splits [0, 1] from log-loss."""
+    import numpy as np
+    from prometheus_client import Counter, Gauge
+
+    from tidal.models.metrics import ScoreMetrics
+
+    fake = FakeWorkers()
+    scoring, monitor = "http://scoring/metrics", "http://monitor/metrics"
+    fake.pages[scoring] = WorkerMetrics("fraud", "tidal.fraud")
+    fake.pages[monitor] = WorkerMetrics("fraud.monitor", "tidal.fraud.monitor")
+    sm = ScoreMetrics.of(fake.pages[scoring].registry, "fraud")
+    quality = Gauge("tidal_model_quality", "q", ["pipeline", "model", "version", "metric", "window"],
+                    registry=fake.pages[monitor].registry)
+    Counter("tidal_labels_unmatched", "u", ["pipeline", "kind"], registry=fake.pages[monitor].registry)
+    h = MetricsHistory([scoring, monitor], history_s=60, rate_window_s=2, fetcher=fake)
+    for t in range(4):
+        fake.pages[scoring].events_in.inc(40)
+        fake.pages[monitor].events_in.inc(74)  # 40 predictions and 34 labels read
+        fake.pages[monitor].events_out.inc(34)
+        sm.scores.observe_many(np.array([0.05] * 30 + [0.95] * 10))
+        sm.observe_models(np.array(["m"] * 40), np.array(["3"] * 40), np.array([False] * 30 + [True] * 10))
+        for metric, v in (("accuracy", 0.9), ("roc_auc", 0.8), ("log_loss", 2.5)):
+            for window in ("events", "time"):
+                quality.labels("fraud", "m", "3", metric, window).set(v)
+        h.scrape(now=2000.0 + t)
+    s = h.summary("fraud")
+    assert s["pipelines"] == ["fraud"]  # no "fraud.monitor" pipeline
+    assert s["totals"]["in"] == 160 and s["rates"]["in"] == pytest.approx(40)  # the scoring worker only
+    assert s["monitor"] | {"groups": None} == {"in": 296, "out": 136, "dlq": 0, "unmatched": 0, "batches": 0,
+                                               "workers": 1, "groups": None}
+    assert {t["url"]: t["kind"] for t in s["targets"]} == {scoring: "scoring", monitor: "monitor"}
+    assert s["quality"] == {"v3 accuracy": 0.9, "v3 auc": 0.8} and s["loss"] == {"v3 log-loss": 2.5}
+    assert set(s["series"]["quality"]) == {"v3 accuracy", "v3 auc"} and set(s["series"]["loss"]) == {"v3 log-loss"}
+    assert s["decisions"]["rate"] == pytest.approx(0.25) and s["decisions"]["decided"] == 160
+    assert s["series"]["decision_rate"][-1] == pytest.approx(0.25)
+    bars = s["scores"]["bars"]
+    assert sum(b["count"] for b in bars) == 160 and bars[0] == {"lo": None, "hi": 0.1, "count": 120}
+    assert bars[-1] == {"lo": 0.9, "hi": 1.0, "count": 40}
+    assert h.summary(None)["totals"]["in"] == 160  # "all" sums like kinds: scoring workers
+
+
+@pytest.mark.integration
+@needs_chromium
+def test_per_pipeline_view_shows_what_was_produced_for_it(settings, name, toy_model, tmp_path):
+    """Two pipelines and a monitor worker for one: `?pipeline=A` shows A's counts, not A+B nor the monitor's."""
+    from tidal.broker.topics import ALERTS_TOPIC, topic_spec
+    from tidal.monitor.model_quality import monitor_pipeline
+    from tidal.stream.context import alert_event
+
+    a, b = f"{name}z", f"{name}a"  # b sorts first: the page's default, so ?pipeline= must select a
+    schema = Schema.from_dict({"event_id": "str", "x": "float", "y": "float"})
+    pipelines = {p: Pipeline(p, schema=schema, steps=[ScoreStep(load_model(toy_model))], max_batch=200)
+                 for p in (a, b)}
+    mon = monitor_pipeline(a, window=1000, horizon_s=3600)
+    for p in (*pipelines.values(), mon):
+        ensure_topics(settings, p.topic_specs())
+    ensure_topics(settings, [topic_spec(ALERTS_TOPIC)])
+    workers = [Worker(p, settings, lag_interval_s=0.2) for p in (*pipelines.values(), mon)]
+    ports = [serve_metrics(w.registry, free_port(), "127.0.0.1") for w in workers]
+    threads = [threading.Thread(target=w.run, daemon=True) for w in workers]
+    for t in threads:
+        t.start()
+    # a: 30 clear positives (x + y = 1.8), 60 clear negatives (0.2), 2 malformed; b: 37 events, 1 malformed
+    n_pos, n_neg, n_labels = 30, 60, 50
+    rows = [{"event_id": f"a{i}", "x": 0.9 if i < n_pos else 0.1, "y": 0.9 if i < n_pos else 0.1}
+            for i in range(n_pos + n_neg)]
+    produce(settings, f"{a}.events", [orjson.dumps(r) for r in rows] + BAD[:2])
+    produce(settings, f"{b}.events", [orjson.dumps({"event_id": f"b{i}", "x": 0.5, "y": 0.7}) for i in range(37)]
+            + BAD[:1])
+    produce(settings, f"{a}.labels", [orjson.dumps({"event_id": f"a{i}", "label": int(i < n_pos)})
+                                      for i in range(n_labels)])
+    long_reason = "ValueError: X has 3 features, but LGBMClassifier is expecting 2 features as input. " * 8
+    assert len(long_reason) > 600
+    model = f"{a}-model"
+    publisher = KafkaPublisher(settings)
+    publisher(Deployment(model, "single", Target("1", str(toy_model), "a" * 64), seq=1, reason=long_reason))
+    publisher.close()
+    now = time.time()
+    produce(settings, ALERTS_TOPIC, [orjson.dumps(e) for e in (
+        alert_event("model_rollback", f"model_rollback:{a}:old", "firing", "rolled back long ago", pipeline=a,
+                    severity="critical", time_s=now - 600, ttl_s=60),  # a one-shot alert past its ttl
+        alert_event("model_rollback", f"model_rollback:{a}:{model}", "firing", long_reason, pipeline=a,
+                    severity="critical", model=model, time_s=now, ttl_s=3600),
+        alert_event("model_rollback", f"model_rollback:{b}:x", "firing", "b's own", pipeline=b, time_s=now,
+                    ttl_s=3600))], keys=[b"1", b"2", b"3"])
+
+    d = Dashboard([f"http://127.0.0.1:{port}/metrics" for port in ports], settings, port=0, interval=0.3,
+                  kafka_interval=0.5)
+    n_a, n_b = n_pos + n_neg + 2, 38
+    try:
+        with d.start():
+            url = d.url
+            last: dict = {}
+
+            def api_ready():
+                s = last["a"] = get_json(f"{url}/api/summary?pipeline={a}")
+                sb = get_json(f"{url}/api/summary?pipeline={b}")
+                return (s["totals"]["in"] == n_a and sb["totals"]["in"] == n_b
+                        and s["monitor"]["out"] == n_labels and s["monitor"]["in"] == n_pos + n_neg + n_labels
+                        and "v1 accuracy" in s["quality"] and s["kafka"]["reachable"]
+                        and any(m["model"] == model for m in s["kafka"]["models"])
+                        and any(al["rule"] == f"model_rollback:{a}:{model}" for al in s["kafka"]["alerts"]))
+            try:
+                wait_until(api_ready, 60, "both pipelines' events, the monitor's joins, the deployment and the alert")
+            except AssertionError as exc:
+                s = last.get("a") or {}
+                raise AssertionError(f"{exc}; A: totals {s.get('totals')}, monitor {s.get('monitor')}, "
+                                     f"quality {s.get('quality')}") from None
+            assert get_json(f"{url}/api/summary")["selected"] == b  # no pipeline asked: the first one seen
+            s = get_json(f"{url}/api/summary?pipeline={a}")
+            assert s["pipelines"] == sorted([a, b]) and s["totals"]["dlq"] == 2 and s["totals"]["out"] == n_pos + n_neg
+            assert [al["rule"] for al in s["kafka"]["alerts"]] == [f"model_rollback:{a}:{model}"]
+
+            with Chromium(tmp_path / "chromium") as browser:
+                browser.open(f"{url}/?pipeline={a}")
+                text = "(id) => document.getElementById(id).textContent"
+                browser.wait_for(f"({text})('kpi-events-in') === {json.dumps(f'{n_a:,}')}"
+                                 f" && ({text})('models-table').includes({json.dumps(model)})"
+                                 f" && ({text})('alerts-table').includes({json.dumps(model)})"
+                                 " && document.querySelectorAll('#chart-quality canvas').length > 0"
+                                 " && document.querySelectorAll('#chart-scores .bar').length > 0", timeout=30)
+                page = browser.evaluate(f"""(() => {{
+                    const t = id => document.getElementById(id).textContent;
+                    const rows = id => [...document.querySelectorAll('#' + id + ' tbody tr')]
+                        .map(tr => [...tr.cells].map(td => td.textContent));
+                    const model = [...document.querySelectorAll('#models-table tbody tr')]
+                        .find(tr => tr.cells[0].textContent === {json.dumps(model)});
+                    const alert = [...document.querySelectorAll('#alerts-table tbody tr')]
+                        .find(tr => tr.cells[2].textContent.endsWith({json.dumps(model)}));
+                    const cut = cell => ({{text: cell.textContent, title: cell.querySelector('[title]')?.title}});
+                    return {{active: document.querySelector('#pipelines .chip.active').textContent,
+                             selected: document.body.dataset.selected,
+                             eventsIn: t('kpi-events-in'), eventsOut: t('kpi-events-out'), dlq: t('kpi-dlq'),
+                             decisions: t('kpi-decisions'), decisionsSub: t('kpi-decisions-sub'),
+                             predictions: rows('predictions-table'), dlqRows: rows('dlq-table'),
+                             alerts: rows('alerts-table'), monitor: t('monitor-info'),
+                             workers: rows('targets-table'),
+                             bars: [...document.querySelectorAll('#chart-scores .bar')]
+                                 .map(b => [b.dataset.hi, Number(b.dataset.count)]),
+                             quality: document.querySelector('#chart-quality .u-legend').textContent,
+                             loss: document.querySelector('#chart-loss .u-legend')?.textContent,
+                             reason: cut(model.cells[6]), message: cut(alert.cells[4])}};
+                }})()""")
+                browser.screenshot(tmp_path / "pipeline-a.png")
+                console = list(browser.console)
+
+        assert page["active"] == a and page["selected"] == a
+        assert page["eventsIn"] == f"{n_a:,}" and page["eventsOut"] == f"{n_pos + n_neg:,}" and page["dlq"] == "2"
+        assert sorted((r[0], r[1]) for r in page["dlqRows"]) == [("invalid_json", "1"), ("missing_field", "1")]
+        assert [(r[0], r[1]) for r in page["predictions"]] == [("toy v1", f"{n_pos + n_neg}")]
+        assert page["decisions"] == "33.3 %" and page["decisionsSub"].startswith(f"{n_pos} of {n_pos + n_neg} positive")
+        assert sum(c for _hi, c in page["bars"]) == n_pos + n_neg
+        assert dict(page["bars"])["0.1"] == n_neg and dict(page["bars"])["1"] == n_pos
+        assert "v1 accuracy" in page["quality"] and "log-loss" not in page["quality"]
+        assert page["loss"] == "v1 log-loss"
+        assert f"{n_pos + n_neg + n_labels} predictions and labels read" in page["monitor"]
+        assert f"{n_labels} joined" in page["monitor"]
+        assert sorted(r[2] for r in page["workers"]) == ["monitor", "scoring", "scoring"]
+        # the one-shot alert past its ttl and b's alert are not shown; the long texts are cut, whole on hover
+        assert [r[2] for r in page["alerts"]] == [f"model_rollback:{a}:{model}"]
+        for cut in (page["reason"], page["message"]):
+            assert cut["title"] == long_reason and len(cut["text"]) <= 120 and cut["text"].endswith("…")
+            assert long_reason.startswith(cut["text"][:-1])
+        assert not [c for c in console if c.startswith("exception")], console
+    finally:
+        for w in workers:
+            w.stop()
+        for t in threads:
+            t.join(20)

@@ -47,8 +47,20 @@ def end_offsets(settings: KafkaSettings, tps: list[TopicPartition], timeout: flo
         c.close()
 
 
-def cluster_status(settings: KafkaSettings, timeout: float = 10.0) -> dict[str, Any]:
-    """Everything ``tidal status`` shows, as plain data."""
+# Groups of tidal's own readers (they assign partitions, never form a group that processes):
+# hidden unless asked for, like any group with neither members nor committed offsets.
+READER_GROUPS = ("tidal.status", "tidal.trace", "tidal.restore.", "tidal.follow.", "tidal.table.", "tidal.tail.",
+                 "tidal.train", "tidal.replay", "tidal.demo.")
+
+
+def cluster_status(settings: KafkaSettings, timeout: float = 10.0, pipeline: str | None = None,
+                   all_groups: bool = False) -> dict[str, Any]:
+    """Everything ``tidal status`` shows, as plain data.
+
+    ``pipeline``: only its topics (``PIPELINE.*``), its groups (``tidal.PIPELINE`` and those
+    reading its topics) and its alerts. Reader groups and groups with neither members nor
+    committed offsets are left out (counted in ``hidden_groups``) unless ``all_groups``.
+    An alert is active while firing and, for one-shot alerts (``ttl_s``), for that long after it."""
     t0 = time.monotonic()
     admin = AdminClient(settings.client_config({"log_level": 0}))
     md = admin.list_topics(timeout=timeout)
@@ -56,8 +68,11 @@ def cluster_status(settings: KafkaSettings, timeout: float = 10.0) -> dict[str, 
         "bootstrap": settings.bootstrap, "reachable": True, "brokers": len(md.brokers),
         "metadata_ms": round((time.monotonic() - t0) * 1000, 1), "cluster_id": md.cluster_id,
         "topics": {t: len(m.partitions) for t, m in sorted(md.topics.items()) if not t.startswith("__")},
-        "groups": [], "models": {}, "active_alerts": [],
+        "groups": [], "models": {}, "active_alerts": [], "hidden_groups": 0,
     }
+    if pipeline:
+        status["pipeline"] = pipeline
+        status["topics"] = {t: n for t, n in status["topics"].items() if t.startswith(f"{pipeline}.")}
     groups = admin.list_consumer_groups(request_timeout=timeout).result()
     names = sorted(g.group_id for g in groups.valid if not g.group_id.startswith("tidal.status"))
     described = {}
@@ -76,12 +91,20 @@ def cluster_status(settings: KafkaSettings, timeout: float = 10.0) -> dict[str, 
         committed[gid] = [tp for tp in future.result().topic_partitions if tp.offset >= 0]
     ends = end_offsets(settings, [tp for tps in committed.values() for tp in tps], timeout)
     for gid in names:
+        ours = not pipeline or gid == f"tidal.{pipeline}" or any(
+            tp.topic.startswith(f"{pipeline}.") for tp in committed.get(gid, []))
+        d = described.get(gid)
+        throwaway = gid.startswith(READER_GROUPS) or (not committed.get(gid) and not (d is not None and d.members))
+        if not ours:
+            continue
+        if throwaway and not all_groups:
+            status["hidden_groups"] += 1
+            continue
         parts = []
         for tp in sorted(committed.get(gid, []), key=lambda tp: (tp.topic, tp.partition)):
             end = ends.get((tp.topic, tp.partition), -1)
             parts.append({"topic": tp.topic, "partition": tp.partition, "committed": tp.offset, "end": end,
                           "lag": max(0, end - tp.offset) if end >= 0 else None})
-        d = described.get(gid)
         status["groups"].append({
             "group": gid, "state": d.state.name.lower() if d is not None else "unknown",
             "members": len(d.members) if d is not None else 0, "partitions": parts,
@@ -94,14 +117,24 @@ def cluster_status(settings: KafkaSettings, timeout: float = 10.0) -> dict[str, 
                     status["models"][m.key().decode("utf-8", "replace")] = record
     if ALERTS_TOPIC in md.topics:
         active: dict[str, dict] = {}
+        now = time.time()
         for m in read_topic(settings, ALERTS_TOPIC, timeout):
             event = loads_or_skip(m.value(), ALERTS_TOPIC)
-            if event is None:
+            if event is None or (pipeline and event.get("pipeline") not in (pipeline, None)):
                 continue
             key = str(event.get("rule") or event.get("type", "?"))
             if event.get("state") == "resolved":
                 active.pop(key, None)
             else:
                 active[key] = event
-        status["active_alerts"] = list(active.values())[-20:]
+        status["active_alerts"] = [a for a in active.values() if not _expired(a, now)][-20:]
     return status
+
+
+def _expired(alert: dict[str, Any], now: float) -> bool:
+    """A one-shot alert (``ttl_s``: a rollback, a refused deployment) is active only that long."""
+    ttl = alert.get("ttl_s")
+    try:
+        return ttl is not None and float(alert.get("time", 0)) + float(ttl) < now
+    except (TypeError, ValueError):
+        return False

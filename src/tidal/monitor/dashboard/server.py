@@ -6,9 +6,10 @@ groups, deployed models and active alerts every ``kafka_interval`` seconds
 (:class:`~tidal.monitor.dashboard.collector.KafkaWatcher`). The page (``static/``, with uPlot
 vendored: nothing is fetched from the internet) polls the JSON API and redraws itself.
 
-Routes: ``GET /`` (the page), ``GET /api/summary[?pipeline=NAME&window=SECONDS]`` (everything the
-page shows, as JSON), ``GET /healthz``, ``GET /metrics`` (the dashboard's own: targets up, Kafka
-reachable), ``/static/...``.
+Routes: ``GET /`` (the page, ``/?pipeline=NAME`` or ``/#pipeline=NAME`` for one pipeline),
+``GET /api/summary[?pipeline=NAME&window=SECONDS]`` (everything the page shows, as JSON: one
+pipeline's, by default the first by name; ``pipeline=*`` sums every pipeline's scoring workers),
+``GET /healthz``, ``GET /metrics`` (the dashboard's own: targets up, Kafka reachable), ``/static/...``.
 
 .. code-block:: python
 
@@ -35,11 +36,12 @@ from starlette.staticfiles import StaticFiles
 from tidal.monitor.dashboard.collector import KafkaWatcher, MetricsHistory
 from tidal.httpserver import HttpServer
 
-__all__ = ["Dashboard", "create_app", "STATIC"]
+__all__ = ["Dashboard", "create_app", "STATIC", "ALL"]
 
 log = logging.getLogger("tidal.dashboard")
 
 STATIC = Path(__file__).resolve().parent / "static"
+ALL = "*"  # ?pipeline=*: every pipeline's scoring workers, summed
 
 
 class _OwnMetrics:
@@ -96,9 +98,18 @@ class Dashboard(HttpServer):
             self._stop.wait(max(0.1, self.kafka_interval - (time.monotonic() - t0)))
 
     def summary(self, pipeline: str | None = None, window_s: float | None = None) -> dict[str, Any]:
+        """One pipeline's view: ``pipeline``, or (None) the first pipeline by name; ``ALL``: every
+        pipeline's scoring workers summed."""
+        default = pipeline is None
+        if default:
+            pipelines = self.history.pipelines()
+            pipeline = pipelines[0] if pipelines else None
+        elif pipeline == ALL:
+            pipeline = None
         s = self.history.summary(pipeline, window_s)
+        s["default_selected"] = default
         chosen = [pipeline] if pipeline else s["pipelines"]
-        s["kafka"] = self.kafka.view(chosen, s["groups"], pipeline)
+        s["kafka"] = self.kafka.view(chosen, s["groups"], pipeline, s["monitor"]["groups"])
         s["now"] = time.time()
         s["interval_s"] = self.interval
         s["history_s"] = self.history.history_s
@@ -114,6 +125,9 @@ class Dashboard(HttpServer):
 
     def _close(self) -> None:
         self._stop.set()
+        deadline = time.monotonic() + 5.0  # a cluster_status under way ends within its timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
         self.history.close()
         super()._close()
 

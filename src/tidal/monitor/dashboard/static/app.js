@@ -6,7 +6,11 @@ const CHART_HEIGHT = 180;
 const COLORS = ["#2563eb", "#16a34a", "#dc2626", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777",
                 "#4f46e5", "#65a30d"];
 const charts = {};
-let selected = new URLSearchParams(location.hash.slice(1)).get("pipeline") || null;
+const ALL = "*";  // the explicit "all pipelines" view: every pipeline's scoring workers, summed
+const REASON_CHARS = 120;
+// ?pipeline=NAME (or the older #pipeline=NAME) selects one; none: the server's default, the first pipeline seen
+let selected = new URLSearchParams(location.search).get("pipeline") ||
+               new URLSearchParams(location.hash.slice(1)).get("pipeline") || null;
 let timer = null;
 
 // -- formatting ------------------------------------------------------------------------------
@@ -37,6 +41,12 @@ function fmtAgo(t, now) {
   if (s < 3600) return Math.round(s / 60) + " min ago";
   if (s < 86400) return (s / 3600).toFixed(1) + " h ago";
   return new Date(t * 1000).toLocaleDateString("en-US");
+}
+// a long text (a scikit-learn error as a deployment reason) cut to `n` characters; the whole of it on hover
+function short(text, n = REASON_CHARS) {
+  const full = String(text ?? "");
+  if (full.length <= n) return full;
+  return el("span", {class: "cut", title: full}, full.slice(0, n - 1).trimEnd() + "…");
 }
 function ms(values) { return values.map(v => (v == null ? null : v * 1000)); }
 
@@ -155,11 +165,13 @@ function renderHeader(d) {
     nav.dataset.key = key;
     nav.replaceChildren();
     if (!names.length) nav.append(el("span", {class: "muted"}, "no pipeline seen yet"));
-    const choices = names.length > 1 ? [null, ...names] : names;
+    const choices = names.length > 1 ? [...names, ALL] : names;
     for (const p of choices) {
-      const active = p === d.selected || (!d.selected && (p === null || names.length === 1));
-      const b = el("button", {class: "chip" + (active ? " active" : ""), type: "button", data: {pipeline: p || ""}},
-                   p === null ? "all pipelines" : p);
+      const active = p === ALL ? d.selected == null && names.length > 1 : p === d.selected;
+      const b = el("button", {class: "chip" + (active ? " active" : "") + (p === ALL ? " chip-all" : ""),
+                              type: "button", data: {pipeline: p},
+                              title: p === ALL ? "every pipeline's scoring workers, summed" : ""},
+                   p === ALL ? "all pipelines (sum)" : p);
       b.addEventListener("click", () => select(p));
       nav.append(b);
     }
@@ -177,6 +189,7 @@ function renderHeader(d) {
   }
   pill.textContent = text; pill.className = "pill " + cls; pill.title = title;
   pill.dataset.reachable = String(k.reachable);
+  document.body.dataset.selected = d.selected == null ? ALL : d.selected;
   const up = d.targets.filter(t => t.up).length;
   const tp = $("targets-status");
   tp.textContent = `workers ${up}/${d.targets.length} up`;
@@ -201,7 +214,7 @@ function renderKpis(d) {
   setText("kpi-latency-sub", lat.p50 == null ? "no events yet" :
           (lat === recent ? `last ${d.latency.window_s} s` : "since workers started") + ` · ${fmtInt(d.latency.count)} events`);
   // the broker's committed-vs-end lag when Kafka answers (authoritative); else what the workers report
-  const k = d.kafka, groups = k.reachable && k.groups_filtered ? k.groups : [];
+  const k = d.kafka, groups = k.reachable && k.groups_filtered ? k.groups.filter(g => g.kind !== "monitor") : [];
   const brokerParts = groups.reduce((n, g) => n + g.partitions.length, 0);
   const parts = brokerParts || Object.keys(d.lag.partitions).length;
   const plural = `${parts} partition${parts === 1 ? "" : "s"}`;
@@ -212,6 +225,10 @@ function renderKpis(d) {
     setText("kpi-lag", parts ? fmtInt(d.lag.total) : dash);
     setText("kpi-lag-sub", parts ? `${plural} · worker metrics` : "no partitions assigned");
   }
+  const dec = d.decisions;
+  setText("kpi-decisions", dec.decided ? fmtPct(dec.rate) : dash);
+  setText("kpi-decisions-sub", dec.decided ? `${fmtInt(dec.positive)} of ${fmtInt(dec.decided)} positive` +
+          (dec.recent != null ? ` · ${fmtPct(dec.recent)} last ${d.latency.window_s} s` : "") : "no decisions yet");
   setText("kpi-batches", count(t.batches));
   setText("kpi-batches-sub", t.mean_batch == null ? dash : `mean ${fmtNum(t.mean_batch)} events · ${fmtInt(t.commits)} commits`);
 }
@@ -231,9 +248,37 @@ function renderCharts(d) {
   drawChart("chart-dlq", s.t, labelled(s.dlq, (label, i) => reasons[label] || COLORS[(i + 4) % COLORS.length]),
             {fmt: fmtNum, stacked: true, empty: "no dead-letter records"});
   drawChart("chart-predictions", s.t, labelled(s.predictions), {fmt: fmtNum, empty: "no model scored yet"});
+  const all = d.selected == null && d.pipelines.length > 1;
+  const perPipeline = "select one pipeline: quality and scores are per pipeline";
   drawChart("chart-quality", s.t, labelled(s.quality),
-            {fmt: fmtNum, range: (u, min, max) => [Math.min(0, min), Math.max(1, max)],
-             empty: "no labels yet: model quality appears once labels join the predictions (tidal_model_quality_* metrics)"});
+            {fmt: fmtNum, range: [0, 1],
+             empty: all ? perPipeline :
+               "no labels yet: model quality appears once labels join the predictions (tidal monitor PIPELINE)"});
+  drawChart("chart-loss", s.t, labelled(s.loss),
+            {fmt: fmtNum, empty: all ? perPipeline : "no log-loss yet (it comes with model quality)"});
+  drawChart("chart-decisions", s.t, [{label: "positive share", values: s.decision_rate, color: "#9333ea"}],
+            {fmt: fmtPct, axisFmt: (u, vals) => vals.map(v => (100 * v).toFixed(0) + " %"), range: [0, 1], fill: true,
+             empty: "no decisions in the last seconds"});
+  renderHistogram(d.scores, all ? perPipeline : "no scores yet");
+}
+
+function renderHistogram(h, emptyText) {
+  const box = $("chart-scores");
+  const bars = h && h.count ? h.bars : [];
+  const key = JSON.stringify(bars);
+  if (box.dataset.key === key) return;
+  box.dataset.key = key;
+  if (!bars.length) { box.replaceChildren(el("div", {class: "empty"}, emptyText)); setText("scores-sub", ""); return; }
+  const max = Math.max(...bars.map(b => b.count), 1);
+  const total = bars.reduce((n, b) => n + b.count, 0);
+  const range = b => `${b.lo == null ? "≤" : fmtNum(b.lo) + "–"}${b.hi == null ? "∞" : fmtNum(b.hi)}`;
+  box.replaceChildren(el("div", {class: "hist"}, ...bars.map(b => el("div", {
+      class: "bar", data: {lo: b.lo == null ? "" : String(b.lo), hi: b.hi == null ? "" : String(b.hi),
+                           count: String(b.count)},
+      title: `${range(b)}: ${fmtInt(b.count)} events (${fmtPct(b.count / total)})`},
+    el("div", {class: "bar-fill", style: `height: ${(100 * b.count / max).toFixed(1)}%`}),
+    el("div", {class: "bar-label"}, b.hi == null ? ">" + +b.lo.toFixed(3) : String(+b.hi.toFixed(3)))))));
+  setText("scores-sub", `${fmtInt(h.count)} events · mean ${fmtNum(h.mean)}`);
 }
 
 function renderTables(d) {
@@ -249,22 +294,26 @@ function renderTables(d) {
   const kafkaEmpty = !k.configured ? "Kafka not configured (--bootstrap)" : k.reachable === false ? "Kafka unreachable" : null;
   setRows("models-table", k.models.map(m => [
     m.model, m.mode, m.primary ? "v" + m.primary.version : "?", m.secondary ? "v" + m.secondary.version : "",
-    {text: m.mode === "single" ? "" : fmtPct(m.share), cls: "num"}, fmtAgo(m.time, d.now), m.reason || "",
+    {text: m.mode === "single" ? "" : fmtPct(m.share), cls: "num"}, fmtAgo(m.time, d.now), short(m.reason),
   ]), kafkaEmpty || "no deployments on tidal.models", k.models.map(m => ({model: m.model})));
   setRows("alerts-table", k.alerts.map(a => [
     fmtAgo(a.time, d.now), el("span", {class: "sev sev-" + (a.severity || "info")}, a.severity || "info"),
-    a.rule || a.type || "?", a.pipeline || "", a.message || a.reason || "",
+    a.rule || a.type || "?", a.pipeline || "", short(a.message || a.reason),
   ]), kafkaEmpty || "no active alerts", k.alerts.map(a => ({rule: a.rule || a.type || ""})));
   setRows("groups-table", k.groups.map(g => [
-    g.group, g.state, {text: fmtInt(g.members), cls: "num"}, {text: String(g.partitions.length), cls: "num"},
+    g.kind === "monitor" ? g.group + " (monitor)" : g.group, g.state, {text: fmtInt(g.members), cls: "num"}, {text: String(g.partitions.length), cls: "num"},
     {text: fmtInt(g.lag), cls: "num"},
   ]), kafkaEmpty || (k.reachable ? "no committed offsets yet" : "checking…"));
   setRows("targets-table", d.targets.map(t => [
     {text: t.url, cls: "nowrap"},
     el("span", {}, el("span", {class: "dot " + (t.up ? "dot-ok" : t.up === false ? "dot-bad" : "dot-unknown")}),
        t.up ? "up" : t.up === false ? "down: " + (t.error || "") : "not scraped yet"),
-    t.pipelines.join(", "), {text: t.scrape_ms == null ? dash : t.scrape_ms + " ms", cls: "num"},
-  ]), "no workers configured (--metrics)");
+    t.kind || dash, t.pipelines.join(", "), {text: t.scrape_ms == null ? dash : t.scrape_ms + " ms", cls: "num"},
+  ]), "no workers configured (--metrics)", d.targets.map(t => ({kind: t.kind || ""})));
+  const m = d.monitor;
+  setText("monitor-info", m.workers || m.in ? `monitor worker${m.workers === 1 ? "" : "s"} (not in the counts above): ` +
+          `${fmtInt(m.in)} predictions and labels read · ${fmtInt(m.out)} joined · ${fmtInt(m.dlq)} dead-letter` +
+          (m.unmatched ? ` · ${fmtInt(m.unmatched)} unmatched` : "") : "no monitor worker scraped for this view");
 }
 
 function render(d) {
@@ -278,7 +327,7 @@ function render(d) {
 
 function select(p) {
   selected = p;
-  history.replaceState(null, "", p ? "#pipeline=" + encodeURIComponent(p) : location.pathname + location.search);
+  history.replaceState(null, "", location.pathname + "?pipeline=" + encodeURIComponent(p));
   refresh();
 }
 
@@ -288,7 +337,9 @@ async function refresh() {
     const q = selected ? "?pipeline=" + encodeURIComponent(selected) : "";
     const resp = await fetch("api/summary" + q, {cache: "no-store"});
     if (!resp.ok) throw new Error("HTTP " + resp.status);
-    render(await resp.json());
+    const d = await resp.json();
+    if (!selected && d.selected) selected = d.selected;  // the default stays put when other pipelines appear
+    render(d);
   } catch (err) {
     setText("updated", "dashboard server unreachable, retrying… (" + err.message + ")");
     document.body.dataset.state = "error";
