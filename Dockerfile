@@ -54,7 +54,7 @@ EXPOSE 9400
 
 # No curl in the slim image: Python fetches /metrics (a worker serves it once its pipeline loaded).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/metrics' % os.environ.get('TIDAL_METRICS_PORT', '9400'), timeout=4).read(1)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health/live' % os.environ.get('TIDAL_METRICS_PORT', '9400'), timeout=4).read(1)"]
 
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["tidal"]

@@ -184,3 +184,22 @@ def test_kill_9_of_sink_file_then_restart_leaves_every_record_once(settings, nam
     got = Counter(r["i"] for r in _final_records(out, "jsonl"))
     assert len(got) == m and set(got.values()) == {1}
     assert not list(out.glob("*.tmp"))
+
+
+def test_ingest_says_what_it_produced_and_which_files_it_ingested_before(settings, name, tmp_path):
+    data = tmp_path / "in"
+    data.mkdir()
+    (data / "a.jsonl").write_text("".join(f'{{"i": {i}}}\n' for i in range(30)))
+    (data / "b.jsonl").write_text('{"i": 30}\n{"i": 31\n{"i": 32}\n')  # line 2: cut short
+    args = ["ingest", "file", str(data), "--topic", f"{name}.events", "--position-file", str(tmp_path / "pos.json"),
+            "--name", name]
+    first = _cli(settings, *args)
+    assert first.wait(60) == 0
+    err = first.stderr.read().decode()
+    assert f"32 records produced to {name}.events, 1 to {name}.dlq (invalid_json 1); 2 file(s) finished: " \
+           "a.jsonl, b.jsonl" in err, err
+    again = _cli(settings, *args)
+    assert again.wait(60) == 0
+    err = again.stderr.read().decode()
+    assert "already ingested, not read again: a.jsonl, b.jsonl" in err and "0 records produced" in err, err
+    assert len(read_all(settings, f"{name}.events", 4)) == 32

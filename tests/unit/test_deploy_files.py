@@ -372,7 +372,7 @@ def test_the_kustomization_lists_every_manifest():
     listed = yaml_file(K8S / "kustomization.yaml")["resources"]
     present = sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
     assert sorted(listed) == present
-    assert set(k8s_docs()) == {"ConfigMap", "Deployment", "Service", "ScaledObject"}
+    assert set(k8s_docs()) == {"ConfigMap", "Deployment", "Service", "ScaledObject", "PodDisruptionBudget"}
 
 
 def test_every_manifest_names_its_kind():
@@ -396,7 +396,7 @@ def test_kubernetes_manifests_match_the_kubernetes_schemas(version):
         except utils.ValidationError as exc:
             pytest.fail(f"{kind} ({version}): {'/'.join(map(str, exc.path))}: {exc.message}")
         checked.append(kind)
-    assert sorted(checked) == ["ConfigMap", "Deployment", "Service"]
+    assert sorted(checked) == ["ConfigMap", "Deployment", "PodDisruptionBudget", "Service"]
 
 
 def test_the_kubernetes_schema_check_catches_a_mistake():
@@ -419,6 +419,13 @@ def test_scaledobject_matches_the_keda_crd():
     model = ScaledObject.model_validate(doc)  # types, required fields, enums of the CRD
     # the models ignore unknown fields: what does not survive the round trip was not in the CRD
     assert model.model_dump(by_alias=True, exclude_unset=True, mode="json") == doc
+
+
+def test_the_disruption_budget_covers_the_workers_one_at_a_time():
+    docs = k8s_docs()
+    pdb, deployment = docs["PodDisruptionBudget"], docs["Deployment"]
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
 
 
 def test_the_deployment_selects_its_own_pods():
@@ -452,9 +459,10 @@ def test_the_deployment_runs_the_configmap_pipeline_with_probes_and_resources():
     assert int(env[envvar]) == port
     (metrics,) = [p for p in c["ports"] if p["name"] == "metrics"]
     assert metrics["containerPort"] == port
-    for probe in ("livenessProbe", "readinessProbe"):
+    for probe, path in (("livenessProbe", "/health/live"), ("readinessProbe", "/health/ready"),
+                        ("startupProbe", "/health/live")):
         get = c[probe]["httpGet"]
-        assert get["path"] == "/metrics" and get["port"] in ("metrics", port), probe
+        assert get["path"] == path and get["port"] in ("metrics", port), probe
     for kind in ("requests", "limits"):
         assert {"cpu", "memory"} <= set(c["resources"][kind]), kind
     assert pod["terminationGracePeriodSeconds"] >= MIN_GRACE_S
@@ -577,24 +585,22 @@ def test_the_exposed_port_is_the_metrics_port_everywhere():
     assert env[ENV_REGISTRY] == str(compose()["services"]["tidal"]["environment"][ENV_REGISTRY])
 
 
-def test_the_healthcheck_fetches_metrics_with_python():
-    """HEALTHCHECK's command is run here against a real /metrics server on a loopback port."""
-    from prometheus_client import CollectorRegistry, start_http_server
+def test_the_healthcheck_asks_the_workers_live_probe_with_python():
+    """HEALTHCHECK's command is run here against tidal's own metrics server (its /health/live) on a
+    loopback port: it passes while live, fails when the worker reports a stalled loop."""
+    from prometheus_client import CollectorRegistry
+
+    from tidal.monitor.metrics import serve_metrics
 
     stage = final_stage(parse_dockerfile())
     (check,) = [args for op, args in stage if op == "HEALTHCHECK"]
     cmd = exec_form(check[check.index("CMD") + 3:].strip())
-    assert cmd[:2] == ["python", "-c"] and "/metrics" in cmd[2] and "127.0.0.1" in cmd[2]
-    server, thread = start_http_server(0, addr="127.0.0.1", registry=CollectorRegistry())
-    try:
-        port = server.server_address[1]
-        env = {**os.environ, "TIDAL_METRICS_PORT": str(port)}
-        ok = subprocess.run([sys.executable, "-c", cmd[2]], env=env, capture_output=True, text=True, timeout=30)
-        assert ok.returncode == 0, ok.stderr
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-    # and it fails when nothing answers (the port is closed now)
+    assert cmd[:2] == ["python", "-c"] and "/health/live" in cmd[2] and "127.0.0.1" in cmd[2]
+    state = {"live": True, "ready": True}
+    port = serve_metrics(CollectorRegistry(), 0, "127.0.0.1", health=lambda: state)
+    env = {**os.environ, "TIDAL_METRICS_PORT": str(port)}
+    ok = subprocess.run([sys.executable, "-c", cmd[2]], env=env, capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0, ok.stderr
+    state["live"] = False  # a stalled loop: 503, and the check fails
     down = subprocess.run([sys.executable, "-c", cmd[2]], env=env, capture_output=True, timeout=30)
     assert down.returncode != 0

@@ -70,14 +70,20 @@ def test_promote_rollback_history_archive_deploy(cli, folders):
     assert "fraud@champion -> version 1" in out and "recorded (not published)" in out
     cli("promote", "fraud", "2", "--reason", "better", "--no-publish")
     assert "version 1 (was 2)" in cli("rollback", "fraud", "--reason", "worse", "--no-publish").stdout
-    moves = json.loads(cli("history", "fraud", "--json").stdout)
+    moves = [m for m in json.loads(cli("history", "fraud", "--json").stdout) if m["kind"] == "alias"]
     assert [(m["old_version"], m["new_version"], m["reason"]) for m in moves] == [
         (None, 1, "first"), (1, 2, "better"), (2, 1, "worse")]
     assert "worse" in cli("history", "fraud").stdout
     cli("promote", "fraud", "3", "--alias", "challenger")
     assert "canary v1 + v3 10%" in cli("deploy", "fraud", "--mode", "canary", "--version", "3", "--share", "0.1",
                                        "--no-publish").stdout
-    cli("deploy", "fraud", "--mode", "single", "--version", "1", "--no-publish")
+    cli("deploy", "fraud", "--mode", "single", "--version", "1", "--no-publish", "--reason", "x" * 600)
+    events = json.loads(cli("history", "fraud", "--json").stdout)
+    deploys = [(e["old_version"], e["new_version"]) for e in events if e["kind"] == "deployment"]
+    assert deploys == [("single v1 (seq 3)", "canary v1 + v3 10% (seq 4)"),
+                       ("canary v1 + v3 10% (seq 4)", "single v1 (seq 5)")], deploys  # promotions: their own lines
+    table = cli("history", "fraud").stdout
+    assert "canary v1 + v3 10%" in table and "x" * 600 not in table  # a long reason is cut in the table
     assert "archived models:/fraud/2" in cli("archive", "fraud", "2").stdout
     versions = json.loads(cli("versions", "fraud", "--json").stdout)
     assert [(v["status"], v["aliases"]) for v in versions] == [

@@ -228,7 +228,13 @@ def test_bad_state_section_is_refused():
     with pytest.raises(ValueError, match="unknown state backend"):
         from_dict({"pipeline": "t", "state": {"backend": "leveldb"}})
     with pytest.raises(ValueError, match="unknown state keys"):
-        from_dict({"pipeline": "t", "state": {"dir": "x"}})
+        from_dict({"pipeline": "t", "state": {"folder": "x"}})
+
+
+def test_state_dir_makes_rocksdb_state_persistent(tmp_path):
+    p = from_dict({"pipeline": "t", "state": {"backend": "rocksdb", "dir": "warm"},
+                   "steps": [{"window": {"key": "k", "aggs": {"n": ["x", "count"]}, "window_s": 60}}]}, base=tmp_path)
+    assert p.steps[0].state_dir == str(tmp_path / "warm") and p.steps[0].state_backend == "rocksdb"
 
 
 def test_misspelt_options_are_named_with_what_was_meant():
@@ -247,8 +253,8 @@ def test_a_yaml_mistake_is_one_line_and_exit_2(tmp_path):
     r = subprocess.run([sys.executable, "-m", "tidal", "run", str(bad), "--bootstrap", "127.0.0.1:1"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.strip().splitlines() == [f"error: {bad}: unknown batch keys ['max_bach']; known: "
-                                             "['max_batch', 'max_wait_ms']"]
+    assert r.stderr.strip().splitlines() == [f"error: {bad}: unknown batch keys ['max_bach'] (did you mean "
+                                             "'max_batch'?); known: ['max_batch', 'max_wait_ms']"]
 
 
 def test_a_model_feature_the_schema_lacks_is_refused_before_the_run(tmp_path):

@@ -86,12 +86,13 @@ def ensure_topics(settings: KafkaSettings, specs: Iterable[TopicSpec | str], tim
     new = [NewTopic(s.name, s.partitions, s.replication, config=dict(s.config or {})) for s in specs]
     created = []
     for name, future in admin.create_topics(new, request_timeout=timeout).items():
-        try:
-            future.result()
+        # exception(), not result(): a raised "already exists" keeps this frame (and `admin`, with its
+        # connections) alive in a reference cycle until the garbage collector runs
+        exc = future.exception()
+        if exc is None:
             created.append(name)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise
+        elif not (isinstance(exc, KafkaException) and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS):
+            raise exc
     if created:  # metadata propagates asynchronously on real clusters
         _wait_visible(admin, created, timeout)
     return created

@@ -57,7 +57,18 @@ def run_source(source, topic: str, bootstrap: Optional[str], kafka_config: Optio
     runner.start()
     typer.echo(f"{source.name}: {source.kind} → {topic} (dead letters: {runner.dlq}; position: "
                f"{runner.positions.path})", err=True)
+    before = getattr(source, "already_ingested", lambda: [])()
+    if before:
+        typer.echo(f"{source.name}: already ingested, not read again: {', '.join(before)} (listed in "
+                   f"{source.ledger}; delete that file to read them again)", err=True)
     runner.run(idle_exit_s=idle_exit, until=until)
+    dead = ", ".join(f"{r} {n}" for r, n in runner.dead.most_common())
+    files = getattr(source, "finished_files", None)
+    typer.echo(f"{source.name}: {runner.produced:,} records produced to {topic}, {sum(runner.dead.values()):,} to "
+               f"{runner.dlq}{f' ({dead})' if dead else ''}"
+               + (f"; {len(files)} file(s) finished: {', '.join(files)}" if files is not None else "")
+               + (f"; {runner.skipped:,} delivered before the last stop, not produced again" if runner.skipped else ""),
+               err=True)
     typer.echo(f"{source.name}: stopped at position {runner.position!r}", err=True)
 
 

@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -14,6 +14,7 @@ from tidal.cli.bench import bench
 from tidal.cli.connect import ingest_app, sink_app
 from tidal.cli.dashboard import dashboard
 from tidal.cli.learn import register as register_learn
+from tidal.cli.mlflow_cmds import register as register_mlflow
 from tidal.cli.models import models_app
 from tidal.cli.quality import demo_network, quality_app
 from tidal.cli.serve import convert_cmd, serve_app
@@ -30,6 +31,7 @@ app.add_typer(demo_app, name="demo")
 app.add_typer(models_app, name="models")
 app.add_typer(serve_app)  # `tidal serve`, `tidal convert`
 models_app.command("convert")(convert_cmd)  # also as `tidal models convert`, as the registry's users expect
+register_mlflow(models_app)  # `tidal models import`, `tidal models export --mlflow`
 app.add_typer(quality_app, name="quality")
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(sink_app, name="sink")
@@ -39,6 +41,8 @@ app.command("bench")(bench)
 register_learn(app, demo_app)  # `tidal train`, `tidal learn`, `tidal demo maintenance|sentiment`
 from tidal.cli.records import register as register_records  # noqa: E402
 register_records(app)  # `tidal tail`, `tidal produce`, `tidal dlq replay`
+from tidal.cli.check import check as check_command  # noqa: E402
+app.command("check")(check_command)
 
 BootstrapOpt = typer.Option(None, "--bootstrap", "-b", envvar="TIDAL_BOOTSTRAP_SERVERS",
                             help="Kafka bootstrap servers (default: the running embedded broker).")
@@ -47,17 +51,18 @@ KafkaConfigOpt = typer.Option(None, "--kafka-config", envvar="TIDAL_KAFKA_CONFIG
 
 
 def spec_or_exit(spec: Path) -> None:
-    """Read the pipeline YAML now: a mistake in it is one line and exit 2, not a traceback."""
-    import yaml
+    """Check the pipeline now (as `tidal check`): each problem is one line, then exit 2, not a traceback."""
+    from tidal.cli.check import check_spec
 
-    from tidal.stream.spec import load_pipeline
-
-    try:
-        load_pipeline(spec).check()
-    except (ValueError, TypeError, KeyError, ImportError, AttributeError, yaml.YAMLError) as exc:
-        hint = missing_extra(exc) if isinstance(exc, ModuleNotFoundError) else None
-        typer.echo(f"error: {spec}: {hint or exc}", err=True)
-        raise typer.Exit(2) from None
+    report = check_spec(spec)  # what `tidal check` reports: every problem, one line each
+    for w in report.warnings:
+        typer.echo(f"warning: {spec}: {w}", err=True)
+    if report.errors:
+        for e in report.errors:
+            typer.echo(f"error: {spec}: {e}", err=True)
+        if len(report.errors) > 1:
+            typer.echo(f"({len(report.errors)} problems: not started)", err=True)
+        raise typer.Exit(2)
 
 
 def settings_or_exit(bootstrap: Optional[str], kafka_config: Optional[str]) -> KafkaSettings:
@@ -203,7 +208,15 @@ def topics_create(pipeline: str, partitions: int = typer.Option(4, help="Partiti
 
 @app.command()
 def run(spec: Path = typer.Argument(..., exists=True, dir_okay=False, help="Pipeline YAML file."),
-        workers: int = typer.Option(1, "--workers", "-w", min=1, help="Worker processes (one consumer group)."),
+        workers: str = typer.Option("1", "--workers", "-w",
+                                    help="Worker processes (one consumer group): N, or MIN..MAX to scale on the "
+                                         "group's lag (never more than the source partitions)."),
+        scale_up_lag: int = typer.Option(10_000, min=1, help="With MIN..MAX: add a worker when the lag stays above "
+                                         "this many messages for 3 intervals and is not shrinking."),
+        scale_down_lag: int = typer.Option(1_000, min=0, help="With MIN..MAX: remove the newest worker when the lag "
+                                           "stays below this for 6 intervals."),
+        scale_interval: float = typer.Option(10.0, min=0.1, help="With MIN..MAX: seconds between lag samples."),
+        scale_cooldown: float = typer.Option(30.0, min=0, help="With MIN..MAX: seconds without a change after each one."),
         worker_index: Optional[int] = typer.Option(None, hidden=True),
         worker_id: Optional[str] = typer.Option(None, help="Stable id of this worker (default: host-index)."),
         stats_file: Optional[Path] = typer.Option(None, help="Write final counts here as JSON (NAME-i.json per worker with --workers)."),
@@ -211,28 +224,44 @@ def run(spec: Path = typer.Argument(..., exists=True, dir_okay=False, help="Pipe
         log_level: str = typer.Option("INFO", help="Logging level."),
         metrics_port: int = typer.Option(9400, envvar="TIDAL_METRICS_PORT",
                                          help="Serve Prometheus /metrics here (worker i: port + i; 0: off)."),
+        progress: float = typer.Option(10.0, "--progress", min=0,
+                                       help="Log events/s, totals, DLQ by reason and lag every N seconds (0: off)."),
         bootstrap: Optional[str] = BootstrapOpt, kafka_config: Optional[str] = KafkaConfigOpt) -> None:
     """Run a pipeline until Ctrl-C / SIGTERM (which drain, commit and exit 0)."""
     from tidal.stream.runner import default_worker_id, run_worker, spawn_workers, wait_workers
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from tidal.stream.autoscale import ScalePolicy, parse_workers, run_autoscaled
+
+    try:
+        lo, hi = parse_workers(workers)
+        policy = ScalePolicy(scale_up_lag, scale_down_lag, scale_interval, cooldown_s=scale_cooldown)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--workers / --scale-*")
     spec_or_exit(spec)
     settings = settings_or_exit(bootstrap, kafka_config)
-    if workers == 1:
+    if hi == 1:
         wid = worker_id or default_worker_id(worker_index or 0)
-        raise typer.Exit(run_worker(spec, settings, wid, stats_file, idle_exit, metrics_port))
-    procs = spawn_workers(spec, workers, settings, kafka_config, stats_file, idle_exit, log_level, metrics_port)
-    raise typer.Exit(wait_workers(procs))
+        raise typer.Exit(run_worker(spec, settings, wid, stats_file, idle_exit, metrics_port, progress))
+    if lo == hi:
+        procs = spawn_workers(spec, lo, settings, kafka_config, stats_file, idle_exit, log_level, metrics_port,
+                              progress)
+        raise typer.Exit(wait_workers(procs))
+    raise typer.Exit(run_autoscaled(spec, settings, lo, hi, policy, kafka_config, stats_file, idle_exit, log_level,
+                                    metrics_port, progress))
 
 
 @app.command()
 def status(as_json: bool = typer.Option(False, "--json", help="Print the status as one JSON object."),
+           pipeline: Optional[str] = typer.Option(None, "--pipeline", "-p",
+                                                  help="Only this pipeline's topics, groups and alerts."),
+           all_groups: bool = typer.Option(False, "--all", help="Also tidal's reader groups and empty groups."),
            bootstrap: Optional[str] = BootstrapOpt, kafka_config: Optional[str] = KafkaConfigOpt) -> None:
     """One screen: the cluster, each consumer group's lag, deployed models, active alerts."""
     from tidal.monitor.status import cluster_status
 
     settings = settings_or_exit(bootstrap, kafka_config)
-    s = cluster_status(settings)
+    s = cluster_status(settings, pipeline=pipeline, all_groups=all_groups)
     if as_json:
         import json
 
@@ -241,9 +270,16 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print the status 
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    # A terminal: its width. A pipe or a file: wide enough that names are never cut.
+    console = Console(width=None if sys.stdout.isatty() else 1000)
+
+    def short(text: Any, n: int = 80) -> str:
+        text = " ".join(str(text or "").split())
+        return text if len(text) <= n else text[:n - 1] + "…"
+
+    scope = f", pipeline {pipeline}" if pipeline else ""
     console.print(f"[bold]Kafka[/] {s['bootstrap']}: {s['brokers']} broker(s), metadata in {s['metadata_ms']} ms, "
-                  f"{len(s['topics'])} topics")
+                  f"{len(s['topics'])} topics{scope}")
     groups = Table("group", "state", "members", "topic", "partition", "committed", "end", "lag", title="consumer groups")
     for g in s["groups"]:
         for i, p in enumerate(g["partitions"] or [{}]):
@@ -251,18 +287,21 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print the status 
                            str(g["members"]) if i == 0 else "", p.get("topic", ""), str(p.get("partition", "")),
                            str(p.get("committed", "")), str(p.get("end", "")), str(p.get("lag", "")))
     console.print(groups)
+    if s.get("hidden_groups"):
+        console.print(f"({s['hidden_groups']} reader or empty groups not shown: --all)")
     if s["models"]:
         models = Table("model", "mode", "primary", "secondary", "share", "reason", title="deployed models")
         for name, d in sorted(s["models"].items()):
             second = d.get("secondary") or {}
             models.add_row(name, d["mode"], f"v{d['primary']['version']}",
-                           f"v{second['version']}" if second else "", f"{d.get('share', 0):.0%}", d.get("reason", ""))
+                           f"v{second['version']}" if second else "", f"{d.get('share', 0):.0%}",
+                           short(d.get("reason", "")))
         console.print(models)
     if s["active_alerts"]:
         alerts = Table("rule", "severity", "pipeline", "message", title="active alerts")
         for a in s["active_alerts"]:
             alerts.add_row(a.get("rule") or a.get("type", ""), a.get("severity", ""), a.get("pipeline", ""),
-                           a.get("message") or a.get("reason", ""))
+                           short(a.get("message") or a.get("reason", "")))
         console.print(alerts)
     else:
         console.print("no active alerts")
@@ -372,6 +411,7 @@ EXTRAS = {  # a missing module -> the extra that installs it
     "pandas": "learn", "duckdb": "sql", "pyarrow": "files", "psycopg": "postgres",
     "paho": "mqtt", "onnx": "onnx", "onnxruntime": "onnx", "skl2onnx": "onnx", "onnxmltools": "onnx",
     "matplotlib": "reports", "datasketches": "sketches", "rocksdict": "rocksdb", "fastavro": "avro",
+    "mlflow": "mlflow",
 }
 
 

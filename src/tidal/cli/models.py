@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -34,6 +35,8 @@ NoPublishOpt = typer.Option(False, "--no-publish", help="Record in the registry 
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of a table.")
 ReasonOpt = typer.Option("", "--reason", "-r", help="Why; recorded with the change.")
 AliasOpt = typer.Option("champion", "--alias", "-a", help="Alias to move (champion also deploys).")
+PipelineOpt = typer.Option(None, "--pipeline", "-p", exists=True, dir_okay=False,
+                           help="A pipeline YAML that scores NAME: refused if it cannot feed the version's features.")
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -127,7 +130,7 @@ def _print_table(title: str | None, columns: list[str], rows: list[list[Any]]) -
         table.add_column(col, overflow="fold")
     for row in rows:
         table.add_row(*("" if v is None else str(v) for v in row))
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 1000).print(table)  # piped: never cut or fold
 
 
 def _deployed(deployment: Any) -> str:
@@ -229,12 +232,18 @@ def compare(name: str, version: list[str] = typer.Argument(..., help="Versions o
 def promote(name: str, version: str, alias: str = AliasOpt, reason: str = ReasonOpt,
             features: Optional[str] = typer.Option(None, help="The pipeline's features, e.g. 'amount,hour:int,"
                                                    "merchant:str'; refused unless the version's match."),
+            pipeline: Optional[Path] = PipelineOpt,
             registry: Optional[Path] = RegistryOpt, bootstrap: Optional[str] = BootstrapOpt,
             kafka_config: Optional[str] = KafkaConfigOpt, no_publish: bool = NoPublishOpt) -> None:
     """Point an alias (default champion) at VERSION; moving champion deploys it."""
     publisher = _publisher(bootstrap, kafka_config, no_publish) if alias == "champion" else None
     with _handled():
-        move = _open(registry, publisher).promote(name, version, alias=alias, reason=reason, features=features)
+        reg = _open(registry, publisher)
+        if alias == "champion":
+            _check_pipelines(reg, name, [version], pipeline, features)
+        move = reg.promote(name, version, alias=alias, reason=reason, features=features)
+    if alias == "champion":
+        _note_unchecked(pipeline, features)
     _report_move(move, publisher)
 
 
@@ -247,6 +256,35 @@ def rollback(name: str, alias: str = AliasOpt, reason: str = ReasonOpt, registry
     with _handled():
         move = _open(registry, publisher).rollback(name, alias=alias, reason=reason)
     _report_move(move, publisher)
+
+
+def _check_pipelines(reg: Any, name: str, versions: list[str], pipeline: Optional[Path],
+                     features: Optional[str]) -> None:
+    """Refuse versions the pipeline cannot feed (``--pipeline``); say so when nothing was checked."""
+    from tidal.cli.check import pipeline_refuses
+
+    if pipeline is None:
+        return
+    problems = [p for v in versions for p in pipeline_refuses(pipeline, reg.resolve(_ref(name, v)))]
+    if problems:
+        _fail("; ".join(problems) + f" (refused by {pipeline}; nothing changed)")
+
+
+def _short(text: Any, n: int = 100) -> str:
+    """A reason on one line, cut to ``n`` characters (a library's error can be 600 long; --json has it all)."""
+    text = " ".join(str(text or "").split())
+    return text if len(text) <= n else text[:n - 1] + "…"
+
+
+def _note_unchecked(pipeline: Optional[Path], features: Optional[str]) -> None:
+    if pipeline is None and features is None:
+        typer.echo("note: features not checked against a pipeline (--pipeline FILE refuses a version it "
+                   "cannot feed)", err=True)
+
+
+def _ref(name: str, version: str) -> str:
+    """``models:/NAME/V`` or ``models:/NAME@ALIAS`` for a --version/--primary value."""
+    return f"models:/{name}/{version}" if str(version).isdigit() else f"models:/{name}@{version}"
 
 
 def _report_move(move: Any, publisher: Any) -> None:
@@ -271,13 +309,34 @@ def archive(name: str, version: str, registry: Optional[Path] = RegistryOpt) -> 
 @models_app.command("history")
 def history(name: str, alias: Optional[str] = typer.Option(None, "--alias", "-a", help="Only this alias."),
             registry: Optional[Path] = RegistryOpt, as_json: bool = JsonOpt) -> None:
-    """Every alias move of NAME: when, from which version to which, and why."""
+    """Every alias move and deployment of NAME (canary, shadow, A/B, automatic rollbacks): when,
+    from which version to which, and why."""
     with _handled():
-        moves = _open(registry).alias_history(name, alias)
+        reg = _open(registry)
+        moves = reg.alias_history(name, alias)
+        deployments = [] if alias else reg.deployments(name)
+    # Moving champion deploys it: that deployment is the move's own line, not one more (each
+    # champion move matches the first single deployment of its version at or after it).
+    own: set[int] = set()
+    for m in (m for m in moves if m.alias == "champion"):
+        for i, d in enumerate(deployments):
+            if (i not in own and d.mode == "single" and str(d.primary.version) == str(m.new_version)
+                    and d.time >= m.time - 1):
+                own.add(i)
+                break
+    events = [{"kind": "alias", **asdict(m)} for m in moves]
+    previous = None
+    for i, d in enumerate(deployments):
+        if i not in own:
+            events.append({"kind": "deployment", "time": d.time, "alias": None, "action": "deploy",
+                           "old_version": previous, "new_version": _deployed(d), "reason": d.reason})
+        previous = _deployed(d)
+    events.sort(key=lambda e: e["time"])
     if as_json:
-        typer.echo(json.dumps([asdict(m) for m in moves]))
+        typer.echo(json.dumps(events))
         return
-    rows = [[_when(m.time), m.alias, m.action, m.old_version, m.new_version, m.reason] for m in moves]
+    rows = [[_when(e["time"]), e["alias"] or "", e["action"], e["old_version"], e["new_version"],
+             _short(e["reason"])] for e in events]
     _print_table(name, ["time", "alias", "action", "from", "to", "reason"], rows)
 
 
@@ -288,6 +347,7 @@ def deploy(name: str,
                                        "the secondary (canary / B / shadow) version."),
            primary: str = typer.Option("champion", "--primary", help="The primary version when mode is not single."),
            share: float = typer.Option(0.0, "--share", help="Fraction of keys the secondary scores (canary, ab)."),
+           pipeline: Optional[Path] = PipelineOpt,
            reason: str = ReasonOpt, registry: Optional[Path] = RegistryOpt, bootstrap: Optional[str] = BootstrapOpt,
            kafka_config: Optional[str] = KafkaConfigOpt, no_publish: bool = NoPublishOpt) -> None:
     """Deploy versions of NAME: e.g. --mode canary --version 4 --share 0.1 next to the champion."""
@@ -298,10 +358,12 @@ def deploy(name: str,
     publisher = _publisher(bootstrap, kafka_config, no_publish)
     with _handled():
         reg = _open(registry, publisher)
+        _check_pipelines(reg, name, [version] if mode == "single" else [primary, version], pipeline, None)
         if mode == "single":
             d = reg.deploy(name, mode, version, reason=reason)
         else:
             d = reg.deploy(name, mode, primary, version, share=share, reason=reason)
+    _note_unchecked(pipeline, None)
     typer.echo(f"{name}: {_deployed(d)}, {_published(publisher)}")
     if publisher is not None:
         publisher.close()

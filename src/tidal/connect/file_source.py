@@ -295,6 +295,7 @@ class FileSource(Source):
         self._own = {self.ledger.name} if self.ledger.resolve().parent == self.folder.resolve() else set()
         self.settle_s = settle_s
         self.finished = False  # not watching, and every file was read and committed (the CLI stops then)
+        self.finished_files: list[str] = []  # finished by this run, in order
         self._done: set[str] = set()
         self._settling: dict[str, tuple[int, int, float]] = {}  # name -> (size, mtime_ns, since)
         self._queue: deque[Item | _EndOfFile] = deque()
@@ -316,6 +317,15 @@ class FileSource(Source):
 
     def close(self) -> None:
         self._reader = None
+
+    def already_ingested(self) -> list[str]:
+        """Files here that an earlier run finished (listed in the ledger): they are not read again."""
+        done = set(orjson.loads(self.ledger.read_bytes())) if self.ledger.exists() else set()
+        try:
+            names = sorted(e.name for e in os.scandir(self.folder) if e.is_file())
+        except OSError:
+            return []
+        return [n for n in names if n in done and fnmatch.fnmatch(n, self.pattern)]
 
     # -- reading ----------------------------------------------------------------------------
     def poll(self, max_records: int, timeout: float) -> Sequence[Item]:
@@ -435,6 +445,7 @@ class FileSource(Source):
             except FileNotFoundError:
                 pass
             log.info("%s: finished %s", self.name, n)
+            self.finished_files.append(n)
         self._done.update(names)
         if self.done_dir is None and not self.delete_done:
             self.ledger.parent.mkdir(parents=True, exist_ok=True)

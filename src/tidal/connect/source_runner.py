@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from typing import Any, Callable, Sequence
 
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -66,6 +67,8 @@ class SourceRunner:
         self.position: Any = None
         self.offsets: dict[tuple[str, int], int] = {}
         self.skipped = 0  # records found already delivered on start, not produced again
+        self.produced = 0  # records delivered to the topic by this run
+        self.dead: Counter[str] = Counter()  # dead letters of this run, by reason
         self._seen: set[bytes] = set()
         self._stop = threading.Event()
         self._producer: Producer | None = None
@@ -150,6 +153,8 @@ class SourceRunner:
         self.positions.save(self.position, self.offsets)
         self.source.committed(self.position)
         good = sum(isinstance(r, SourceRecord) for r in fresh)
+        self.produced += good
+        self.dead.update(r.reason for r in fresh if isinstance(r, BadRecord))
         self.metrics.records.inc(good)
         self.metrics.batch_seconds.observe(time.perf_counter() - t0)
         self.metrics.last_success.set(time.time())

@@ -310,8 +310,8 @@ def _print(console: Console, s: dict[str, Any]) -> None:
 
 
 def _fresh_name(settings: KafkaSettings) -> str:
-    """``fraud``, or ``fraud-<time>`` when an earlier run left its topics on this cluster."""
-    from confluent_kafka.admin import AdminClient
+    """``fraud``, or ``fraud-<time>`` when an earlier run left its topics on this cluster or its folder
+    in ``$TIDAL_HOME/demo`` (a rerun must not mix its model, spec and worker stats with the last one's)."""
+    from tidal.demos.maintenance import fresh_name
 
-    existing = AdminClient(settings.client_config({"log_level": 0})).list_topics(timeout=10).topics
-    return "fraud" if "fraud.events" not in existing else f"fraud-{int(time.time())}"
+    return fresh_name(settings, "fraud")

@@ -105,11 +105,17 @@ def unique_specs(*pipelines: Pipeline) -> list[Any]:
 
 
 def fresh_name(settings: KafkaSettings, base: str) -> str:
-    """``base``, or ``base-<time>`` when an earlier run left its topics on this cluster."""
+    """``base``, or ``base-<time>`` when an earlier run left its topics on this cluster or its folder
+    (models, registry) in ``$TIDAL_HOME/demo``: a rerun starts clean, on a fresh embedded broker
+    as on a shared cluster, and never meets the last run's registry (its versions and aliases)."""
     from confluent_kafka.admin import AdminClient
 
     existing = AdminClient(settings.client_config({"log_level": 0})).list_topics(timeout=10).topics
-    return base if f"{base}.events" not in existing else f"{base}-{int(time.time() * 1000) % 10**9}"
+    name = base
+    while f"{name}.events" in existing or (tidal_home() / "demo" / name).exists():
+        time.sleep(0.001)
+        name = f"{base}-{int(time.time() * 1000) % 10**9}"
+    return name
 
 
 def accuracy_windows(correct: np.ndarray, index: np.ndarray, lo: int, hi: int, size: int) -> list[dict[str, Any]]:
@@ -209,7 +215,9 @@ def run_demo(settings: KafkaSettings | None = None, events: int = 60_000, seed: 
         name = fresh_name(settings, "maintenance")
         topics = PipelineTopics(name)
         work = tidal_home() / "demo" / name
-        registry = Registry(work / "registry", KafkaPublisher(settings))
+        publisher = KafkaPublisher(settings)
+        stack.callback(publisher.close)  # its producer must not outlive the broker (librdkafka's "Connection refused")
+        registry = Registry(work / "registry", publisher)
         from tidal.detect.step import SeriesAnomalyStep
 
         fleet = SeriesAnomalyStep("pressure", change=True, name="fleet_pressure", score_column="pressure_score",

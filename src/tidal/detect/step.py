@@ -223,10 +223,11 @@ class SeriesAnomalyStep(Step):
             self.ctx.alert("series_anomaly", f"series_anomaly:{self._pipeline}:{self.field}:{key}", "firing",
                            f"{self.field} of {key or 'the stream'} = {values[i]:.6g} is anomalous "
                            f"(score {scores[i]:.3f})", key=key, field=self.field, value=float(values[i]),
-                           score=float(scores[i]), event_time=t)
+                           score=float(scores[i]), event_time=t, ttl_s=900.0)
         if starts is not None:
             for i in np.flatnonzero(starts >= 0).tolist():
                 key = keys[i]
                 self.ctx.alert("change_point", f"change_point:{self._pipeline}:{self.field}:{key}", "firing",
                                f"{self.field} of {key or 'the stream'} changed (from its event {int(starts[i])})",
-                               key=key, field=self.field, change_start=int(starts[i]), event_time=float(times[i]))
+                               key=key, field=self.field, change_start=int(starts[i]), event_time=float(times[i]),
+                               ttl_s=900.0)

@@ -56,6 +56,9 @@ def _score(model: LoadedModel, batch: Batch, rows: np.ndarray | None = None) -> 
     return np.asarray(model.predict(X), dtype=np.float64)
 
 
+ONE_SHOT_TTL_S = 900.0  # a rollback or a refused record is news for 15 minutes (`tidal status`, dashboard)
+
+
 class DeployedScoreStep(Step):
     """Score with the live deployment of ``model``; see the module docstring."""
 
@@ -132,7 +135,7 @@ class DeployedScoreStep(Step):
         for why in refused[self._refused_seen:]:
             self.ctx.alert("deployment_refused", f"deployment_refused:{self.pipeline}:{self.model}", "firing",
                            f"deployment of {self.model} refused: {why}", severity="critical", model=self.model,
-                           reason=why, topic=self.alerts_topic)
+                           reason=why, topic=self.alerts_topic, ttl_s=ONE_SHOT_TTL_S)
         self._refused_seen = len(refused)
 
     # -- canary health ---------------------------------------------------------------------
@@ -171,6 +174,7 @@ class DeployedScoreStep(Step):
             self.ctx.emit(self.topic, value, self.model, headers=sign_headers(value))
         self.ctx.alert("model_rollback", f"model_rollback:{self.pipeline}:{self.model}", "firing", reason,
                        severity="critical", model=self.model, version=d.secondary.version,
-                       restored_version=d.primary.version, reason=reason, topic=self.alerts_topic)
+                       restored_version=d.primary.version, reason=reason, topic=self.alerts_topic,
+                       ttl_s=ONE_SHOT_TTL_S)
         self._failures = 0
         log.error(reason)

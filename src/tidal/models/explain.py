@@ -23,15 +23,19 @@ True
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 
 from tidal.models.artifact import LoadedModel
+from tidal.models.errors import NotSupported
 from tidal.stream.batch import Batch
 from tidal.stream.step import Step
 
 __all__ = ["contributions", "ExplainStep", "top_k"]
+
+log = logging.getLogger("tidal.explain")
 
 
 def contributions(model: LoadedModel, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -60,6 +64,7 @@ class ExplainStep(Step):
         self._rng = np.random.default_rng(seed)
         self._gauge = None
         self.pipeline = ""
+        self._unsupported: set[tuple[str, str]] = set()  # deployed versions with no exact explanations
 
     def _model(self) -> LoadedModel:
         src = self.source
@@ -71,6 +76,20 @@ class ExplainStep(Step):
         if routing is None:
             raise RuntimeError("no model to explain yet")
         return routing.primary
+
+    def check(self) -> list[str]:
+        """A fixed model (a score step before it) must have exact explanations: probed on one row."""
+        try:
+            model = self._model()
+        except RuntimeError:  # a deployed model: known only once deployed (then checked per version)
+            return []
+        try:
+            contributions(model, np.zeros((1, len(model.card.features))))
+        except NotSupported as exc:
+            return [f"{exc} (model {model.name} v{model.version}); remove the explain step or use such a model"]
+        except Exception:  # noqa: BLE001 - a zero row may be out of a model's domain; it is not the question
+            pass
+        return []
 
     def open(self, ctx: Any) -> None:
         from prometheus_client import Gauge
@@ -86,8 +105,16 @@ class ExplainStep(Step):
         explanations = np.full(n, None, dtype=object)
         if len(rows):
             model = self._model()
+            if (model.name, model.version) in self._unsupported:
+                return batch.with_column("explanation", explanations)
             X = model.features_matrix(lambda f: batch.column(f)[rows])  # only the sampled rows
-            contrib, _bias = contributions(model, X)
+            try:
+                contrib, _bias = contributions(model, X)
+            except NotSupported as exc:  # a deployed version with no exact explanations: score, don't reject
+                log.warning("explain: %s (model %s v%s); its predictions go out without explanations",
+                            exc, model.name, model.version)
+                self._unsupported.add((model.name, model.version))
+                return batch.with_column("explanation", explanations)
             explanations[rows] = top_k(contrib, model.card.features, self.k)
             if self._gauge is not None:
                 for f, v in zip(model.card.features, np.abs(contrib).mean(axis=0).tolist()):

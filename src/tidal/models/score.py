@@ -58,6 +58,11 @@ class ScoreStep(Step):
     def reads(self) -> list[str]:
         return list(self.model.card.features)
 
+    def read_types(self) -> dict[str, str]:
+        """Categorical features (with categories on the card) are ``str``, the others numbers."""
+        cats = self.model.card.categories
+        return {f: "str" if f in cats else "float" for f in self.model.card.features}
+
     def adds(self) -> list[str]:
         return ["score", "decision", "model", "model_version"]
 
