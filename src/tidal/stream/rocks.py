@@ -89,12 +89,28 @@ class RocksPartition:
         self.meta: dict[str, Any] | None = None  # the checkpoint found at open (clean ones only)
         self._clean = False  # the database holds a clean checkpoint (the next write marks it dirty)
         self.found = "new"  # at open: new | clean | dirty | corrupt
+        self._lock = self._take_lock() if persistent else None
         self.db = self._open()
         self.cache: dict[str, Any] = {}  # key → value or DELETED, not yet in the database
         self.dirty: set[str] = set()
         self._n: int | None = 0
         if persistent:
             self._read_meta()
+
+    def _take_lock(self) -> Any:
+        """An exclusive ``flock`` on ``<path>.lock`` before RocksDB is touched: a database another
+        worker (process or store) holds is refused here, never by a failed ``Rdict`` open (whose
+        half-made object crashed the interpreter at a later garbage collection)."""
+        import fcntl
+
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        fh = open(f"{self.path}.lock", "a+b")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            raise RuntimeError(f"state database {self.path} is in use by another worker (lock held)") from None
+        return fh
 
     def _open(self) -> Rdict:
         if not self.persistent:
@@ -232,6 +248,9 @@ class RocksPartition:
         if destroy:
             Rdict.destroy(self.path)
             shutil.rmtree(self.path, ignore_errors=True)
+        if self._lock is not None:
+            self._lock.close()  # releases the flock
+            self._lock = None
 
     def __len__(self) -> int:
         if self._n is None:
