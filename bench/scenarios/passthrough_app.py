@@ -34,7 +34,10 @@ def main(bootstrap: str, source: str, sink: str, events: int, mode: str, stats_p
 
     settings = KafkaSettings.resolve(bootstrap)  # plus TIDAL_KAFKA_* / TIDAL_KAFKA_CONFIG (SASL, TLS)
     relay = mode == "relay"
-    c = group_consumer(settings, f"passthrough-{uuid.uuid4().hex[:8]}", {"fetch.wait.max.ms": 5} if relay else None)
+    # fetch.queue.backoff.ms as tidal's worker sets it: with librdkafka's 1 s default a consumer
+    # draining a backlog this fast runs its queue dry every second and waits (a limit, not a handicap).
+    tuning = {"fetch.queue.backoff.ms": 10, **({"fetch.wait.max.ms": 5} if relay else {})}
+    c = group_consumer(settings, f"passthrough-{uuid.uuid4().hex[:8]}", tuning)
     c.subscribe([source])
     p = Producer(settings.client_config({"enable.idempotence": True, "linger.ms": 1 if relay else 5,
                                          "batch.size": 1_000_000,

@@ -67,9 +67,11 @@ def test_kill_9_restores_state_from_the_changelog(settings, name, tmp_path):
 
 
 def test_rebalance_moves_state_with_its_partitions(settings, name, tmp_path):
-    spec = setup(settings, tmp_path, name, slow="slower", max_batch=50)  # 40 batches of 0.3 s
+    # 100 batches of 0.3 s: ~30 s for the first alone, while the embedded broker takes ~15 s
+    # to hand the second its partitions
+    spec = setup(settings, tmp_path, name, slow="slower", max_batch=20)
     first = start(settings, spec, "--worker-id", "a", "--stats-file", str(tmp_path / "a.json"))
-    wait_for(settings, [(f"{name}.predictions", 4)], 300, timeout=60)
+    wait_for(settings, [(f"{name}.predictions", 4)], 100, timeout=60)
     # joins while the first is busy: partitions, and their state, move to it
     second = start(settings, spec, "--worker-id", "b", "--stats-file", str(tmp_path / "b.json"))
     wait_for(settings, [(f"{name}.predictions", 4)], N, timeout=120)

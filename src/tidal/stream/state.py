@@ -60,7 +60,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from tidal.config import KafkaSettings
 
-__all__ = ["PartitionState", "StateStore", "restore_partitions", "apply_record", "encode_value", "opaque_bytes",
+__all__ = ["PartitionState", "StateStore", "RestoreCancelled", "restore_partitions", "apply_record", "encode_value", "opaque_bytes",
            "Opaque", "DELETED", "BACKENDS", "STATE_DIR_ENV"]
 
 log = logging.getLogger("tidal.state")
@@ -69,6 +69,10 @@ DELETED = object()
 BACKENDS = ("memory", "rocksdb")
 STATE_DIR_ENV = "TIDAL_STATE_DIR"  # the worker's default state_dir (warm rocksdb restarts)
 PROGRESS_EVERY_S = 2.0  # a restore logs (and reports) its progress this often
+
+
+class RestoreCancelled(Exception):
+    """A restore was called off (its partitions were revoked, or the worker is stopping)."""
 CHECKPOINT_EVERY_S = 5.0  # idle checkpoints of a persistent store, at most this often
 _BYTES = "$b"
 
@@ -231,6 +235,37 @@ class StateStore:
         self._stamps.pop(p, None)
         if part is not None:
             part.close(destroy=not getattr(part, "persistent", False))
+
+    def staging(self) -> "StateStore":
+        """An empty store like this one, to restore partitions into off the worker's thread
+        (then :meth:`adopt`): the same changelog, backend and folders."""
+        other = StateStore(self.name, self.changelog, self.backend, self.path, self.state_dir)
+        if self.backend == "rocksdb" and not self.persistent:
+            from tidal.stream.rocks import scratch_root
+
+            if self._root is None:
+                self._root = scratch_root(self.name, self.path)
+            other._root = self._root  # the scratch databases live where this store cleans up
+        other._topic_id = self._topic_id
+        return other
+
+    def adopt(self, other: "StateStore") -> list[int]:
+        """Take the restored partitions of ``other`` (made by :meth:`staging`); returns them."""
+        taken = sorted(other.partitions)
+        self.partitions.update(other.partitions)
+        self._chunked.update(other._chunked)
+        self._stamps.update(other._stamps)
+        self._topic_id = other._topic_id or self._topic_id
+        self.last_restore = other.last_restore
+        other.partitions, other._chunked, other._stamps = {}, {}, {}
+        return taken
+
+    def discard(self) -> None:
+        """Give up a staging store: its partitions are closed (scratch databases deleted,
+        persistent ones left as they are, not marked clean), the shared folder kept."""
+        for p in list(self.partitions):
+            self.drop(p)
+        self._root = None
 
     def close(self) -> None:
         """Drop every partition (and the rocksdb scratch folder)."""
@@ -470,7 +505,8 @@ def _start_over(store: StateStore, p: int, why: str, chunks: dict, chunked: dict
 
 
 def restore_partitions(settings: KafkaSettings, store: StateStore, committed: dict[int, Any],
-                       timeout: float = 60.0, progress: Callable[[int, int], None] | None = None) -> int:
+                       timeout: float = 60.0, progress: Callable[[int, int], None] | None = None,
+                       cancelled: Callable[[], bool] | None = None) -> int:
     """Rebuild ``store``'s partitions from the changelog; returns the records applied.
 
     ``committed[p]`` is source partition *p*'s committed offset (-1 if none), or
@@ -481,6 +517,8 @@ def restore_partitions(settings: KafkaSettings, store: StateStore, committed: di
     the start. ``progress(records, remaining)``: called every :data:`PROGRESS_EVERY_S` and at the
     end, with the records applied since the last call and the records left to read.
     ``store.last_restore`` says what happened (warm and cold partitions, records read).
+    ``cancelled()``: asked between fetches; true stops the restore with :class:`RestoreCancelled`
+    (the partitions are then half restored: drop them).
     """
     t_start = time.monotonic()
     store.last_restore = {"warm": [], "cold": [], "read": 0, "applied": 0, "seconds": 0.0, "why": {}}
@@ -540,6 +578,8 @@ def restore_partitions(settings: KafkaSettings, store: StateStore, committed: di
         deadline = last + timeout
         reported = 0
         while waiting:
+            if cancelled is not None and cancelled():
+                raise RestoreCancelled(f"restore of {store.changelog} {sorted(waiting)} called off")
             msgs = c.consume(_CONSUME_N, 0.2)
             now = time.monotonic()
             if not msgs:
