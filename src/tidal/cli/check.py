@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from tidal.stream.pipeline import types_clash
+
 import typer
 
 __all__ = ["Report", "check_spec", "check", "pipeline_refuses"]
@@ -70,24 +72,13 @@ def check_spec(spec: Path, registry: Optional[Path] = None) -> Report:
     return report
 
 
-def _known_before(pipeline: Any) -> list[set[str] | None]:
-    """The fields each step gets: the schema's and those earlier steps add (None: unknown)."""
-    known: set[str] | None = set(pipeline.schema.names) if pipeline.schema is not None else None
-    out = []
-    for step in pipeline.steps:
-        out.append(None if known is None else set(known))
-        added = step.adds() if known is not None else None
-        known = None if added is None else known | set(added)
-    return out
-
-
 def _models(pipeline: Any, report: Report, registry: Optional[Path]) -> None:
     """The fixed models' names, and each deployed step's current versions against its fields."""
     from tidal.models.deployed import DeployedScoreStep
 
-    types = {f.name: f.type for f in pipeline.schema.fields} if pipeline.schema is not None else {}
+    types = pipeline.schema_types()
     reg = None
-    for step, known in zip(pipeline.steps, _known_before(pipeline)):
+    for step, known in zip(pipeline.steps, pipeline.fields_before()):
         card = getattr(getattr(step, "model", None), "card", None)
         if card is not None:
             report.models.append(f"{card.name} v{card.version} ({card.flavor}, {len(card.features)} features)")
@@ -124,8 +115,7 @@ def _version_problems(pipeline: str, version: Any, known: set[str] | None, types
         if missing:
             out.append(f"{label} needs {', '.join(map(repr, missing))}, which the events of pipeline {pipeline!r} "
                        "do not have")
-    wrong = [f"{f!r} (model {t}, schema {types[f]})" for f, t in signature.items()
-             if t and f in types and (t == "str") != (types[f] == "str")]
+    wrong = [f"{f!r} (model {t}, schema {types[f]})" for f, t in signature.items() if types_clash(types.get(f), t)]
     if wrong:
         out.append(f"{label} has features of another type: {', '.join(wrong)}")
     return out
@@ -138,9 +128,9 @@ def pipeline_refuses(spec: Path, version: Any) -> list[str]:
     from tidal.stream.spec import load_pipeline
 
     pipeline = load_pipeline(spec, check=False)
-    types = {f.name: f.type for f in pipeline.schema.fields} if pipeline.schema is not None else {}
+    types = pipeline.schema_types()
     known: set[str] | None = set(types) if pipeline.schema is not None else None
-    for step, fields in zip(pipeline.steps, _known_before(pipeline)):
+    for step, fields in zip(pipeline.steps, pipeline.fields_before()):
         if isinstance(step, DeployedScoreStep) and step.model == version.name:
             known = fields
             break

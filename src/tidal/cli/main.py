@@ -270,12 +270,10 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print the status 
     from rich.console import Console
     from rich.table import Table
 
+    from tidal.cli.text import one_line
+
     # A terminal: its width. A pipe or a file: wide enough that names are never cut.
     console = Console(width=None if sys.stdout.isatty() else 1000)
-
-    def short(text: Any, n: int = 80) -> str:
-        text = " ".join(str(text or "").split())
-        return text if len(text) <= n else text[:n - 1] + "…"
 
     scope = f", pipeline {pipeline}" if pipeline else ""
     console.print(f"[bold]Kafka[/] {s['bootstrap']}: {s['brokers']} broker(s), metadata in {s['metadata_ms']} ms, "
@@ -295,13 +293,13 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print the status 
             second = d.get("secondary") or {}
             models.add_row(name, d["mode"], f"v{d['primary']['version']}",
                            f"v{second['version']}" if second else "", f"{d.get('share', 0):.0%}",
-                           short(d.get("reason", "")))
+                           one_line(d.get("reason", ""), 80))
         console.print(models)
     if s["active_alerts"]:
         alerts = Table("rule", "severity", "pipeline", "message", title="active alerts")
         for a in s["active_alerts"]:
             alerts.add_row(a.get("rule") or a.get("type", ""), a.get("severity", ""), a.get("pipeline", ""),
-                           short(a.get("message") or a.get("reason", "")))
+                           one_line(a.get("message") or a.get("reason", ""), 80))
         console.print(alerts)
     else:
         console.print("no active alerts")

@@ -20,6 +20,8 @@ from typing import Any, Iterator, NoReturn, Optional
 
 import typer
 
+from tidal.cli.text import one_line
+
 __all__ = ["models_app"]
 
 models_app = typer.Typer(no_args_is_help=True,
@@ -270,12 +272,6 @@ def _check_pipelines(reg: Any, name: str, versions: list[str], pipeline: Optiona
         _fail("; ".join(problems) + f" (refused by {pipeline}; nothing changed)")
 
 
-def _short(text: Any, n: int = 100) -> str:
-    """A reason on one line, cut to ``n`` characters (a library's error can be 600 long; --json has it all)."""
-    text = " ".join(str(text or "").split())
-    return text if len(text) <= n else text[:n - 1] + "…"
-
-
 def _note_unchecked(pipeline: Optional[Path], features: Optional[str]) -> None:
     if pipeline is None and features is None:
         typer.echo("note: features not checked against a pipeline (--pipeline FILE refuses a version it "
@@ -336,7 +332,7 @@ def history(name: str, alias: Optional[str] = typer.Option(None, "--alias", "-a"
         typer.echo(json.dumps(events))
         return
     rows = [[_when(e["time"]), e["alias"] or "", e["action"], e["old_version"], e["new_version"],
-             _short(e["reason"])] for e in events]
+             one_line(e["reason"])] for e in events]
     _print_table(name, ["time", "alias", "action", "from", "to", "reason"], rows)
 
 

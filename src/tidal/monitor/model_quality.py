@@ -91,16 +91,17 @@ class ModelQualityStep(Step):
         decisions = batch.column("decision").tolist() if self.task == "binary" else scores
         now = dt.datetime.now()  # River compares with a naive datetime.min
         for model, version, score, decision, label in zip(models, versions, scores, decisions, labels):
-            vm = self.versions.pop((model, version), None)  # re-inserted: the dict is least recent first
+            vm = self.versions.get((model, version))
             if vm is None:
-                vm = _VersionMetrics(names, self.window, self.period_s)
-            self.versions[(model, version)] = vm
+                vm = self.versions[(model, version)] = _VersionMetrics(names, self.window, self.period_s)
             y = bool(label) if self.task == "binary" else float(label)
             vm.labelled += 1
             for n in names:  # River's metrics take one pair at a time
                 y_pred = min(max(score, 1e-15), 1 - 1e-15) if n in _PROBA else decision
                 vm.by_count[n].update(y, y_pred)
                 vm.by_time[n].update(y, y_pred, t=now)
+        for key in dict.fromkeys(zip(models, versions)):  # labelled now: most recent (the dict is least recent first)
+            self.versions[key] = self.versions.pop(key)
         while len(self.versions) > self.max_versions:  # `tidal learn` publishes versions without end
             model, version = next(iter(self.versions))
             del self.versions[(model, version)]

@@ -61,6 +61,15 @@ def with_source(batch: Batch) -> Batch:
     return batch
 
 
+def types_clash(have: str | None, want: str | None) -> bool:
+    """A text field where a number is wanted, or the reverse (None: not known, no clash).
+
+    >>> types_clash("str", "float"), types_clash("int", "float"), types_clash(None, "str")
+    (True, False, False)
+    """
+    return have is not None and want is not None and (have == "str") != (want == "str")
+
+
 @dataclass
 class Pipeline:
     """What to read, how to transform it, where to write it, and how to deliver it."""
@@ -112,13 +121,13 @@ class Pipeline:
         one of the wrong type (a categorical feature the schema has as a number, or the
         reverse); and what each step's own :meth:`~tidal.stream.step.Step.check` finds. A
         non-step raises TypeError."""
-        out: list[str] = []
-        seen: dict[str, str] = {}
-        types: dict[str, str] = {f.name: f.type for f in self.schema.fields} if self.schema is not None else {}
-        known: set[str] | None = set(types) if self.schema is not None else None
         for step in self.steps:
             if not isinstance(step, Step):
                 raise TypeError(f"{step!r} is not a tidal Step (wrap a function with FunctionStep)")
+        out: list[str] = []
+        seen: dict[str, str] = {}
+        types = self.schema_types()
+        for step, known in zip(self.steps, self.fields_before()):
             if known is not None:
                 missing = [f for f in step.reads() if f not in known]
                 if missing:
@@ -126,18 +135,30 @@ class Pipeline:
                                f"of pipeline {self.name!r} do not have (schema: {', '.join(self.schema.names)})"
                                + _closest(missing[0], known))
                 for f, want in step.read_types().items():
-                    have = types.get(f)
-                    if have is not None and want is not None and (have == "str") != (want == "str"):
+                    if types_clash(types.get(f), want):
                         out.append(f"step {step.name!r} needs {f!r} as {want}, but the schema of pipeline "
-                                   f"{self.name!r} has it as {have}")
-                added = step.adds()
-                known = None if added is None else known | set(added)
+                                   f"{self.name!r} has it as {types[f]}")
             out.extend(f"step {step.name!r}: {p}" for p in step.check())
             if step.state_name:
                 if step.state_name in seen:
                     out.append(f"steps {seen[step.state_name]!r} and {step.name!r} both declare state "
                                f"{step.state_name!r}: give one a name of its own (name=...)")
                 seen[step.state_name] = step.name
+        return out
+
+    def schema_types(self) -> dict[str, str]:
+        """The schema's field types by name (empty without a schema)."""
+        return {f.name: f.type for f in self.schema.fields} if self.schema is not None else {}
+
+    def fields_before(self) -> list[set[str] | None]:
+        """The fields each step gets: the schema's and those earlier steps add (None: unknown,
+        without a schema or after a step that does not say what it adds)."""
+        known: set[str] | None = set(self.schema.names) if self.schema is not None else None
+        out: list[set[str] | None] = []
+        for step in self.steps:
+            out.append(None if known is None else set(known))
+            added = step.adds() if known is not None else None
+            known = None if added is None or known is None else known | set(added)
         return out
 
     def changelog(self, step: Step) -> str:
