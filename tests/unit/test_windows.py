@@ -111,3 +111,26 @@ def test_running_aggregates_forget_a_key_idle_for_idle_ttl_s_whatever_the_batchi
         got += step.process(Batch.from_rows(rows[i:i + batch_size])).columns["n"].tolist()
     assert got == [1, 1, 2, 1, 1, 3, 1]  # b (11.5 s idle) and c (28 s) start again; a (8 s) does not
     assert sorted(k for k in step.state_store.partition(0).data if not k.startswith("\x00")) == ["c"]
+
+
+def test_an_index_prepared_on_restore_prunes_as_one_built_in_the_first_batch():
+    """``on_restored`` builds the expiry index off the worker's thread; ``on_assign`` takes it, and
+    the windows it holds close exactly as with the index the first batch would build."""
+    rows = [{"k": f"k{i % 7}", "x": float(i), "t": i * 1000} for i in range(60)]
+    later = [{"k": f"k{i % 7}", "x": 1.0, "t": 200_000 + i} for i in range(7)]
+
+    def run(prepare: bool):
+        first = WindowAggregate("k", AGGS, window_s=30, time_field="t", max_future_s=None)
+        first.state_store = StateStore("w")
+        first.process(Batch.from_rows(rows))
+        restored = WindowAggregate("k", AGGS, window_s=30, time_field="t", max_future_s=None)
+        restored.state_store = first.state_store  # the state as a restore leaves it
+        if prepare:
+            restored.on_restored(0, first.state_store.partition(0))
+            assert 0 in restored._ready
+        restored.on_assign([("memory", 0)])
+        assert (0 in restored._indexes) == prepare and not restored._ready
+        out = restored.process(Batch.from_rows(later))
+        return {c: out.columns[c].tolist() for c in AGGS}, sorted(restored.state_store.partition(0).data)
+
+    assert run(prepare=True) == run(prepare=False)

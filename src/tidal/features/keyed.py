@@ -99,6 +99,7 @@ class KeyedAggregate(Step):
         self.late_events = self.future_events = 0
         self.max_future_ms = None if max_future_s is None else int(max_future_s * 1000)
         self._indexes: dict[int, ExpiryIndex] = {}
+        self._ready: dict[int, ExpiryIndex] = {}  # built on a restore's thread, taken on assignment
 
     @property
     def backend(self) -> str:
@@ -116,6 +117,7 @@ class KeyedAggregate(Step):
             store.use_backend(self.backend, self.state_path)  # still empty: the worker just made it
         self._store = store
         self._indexes.clear()
+        self._ready.clear()
 
     # -- what a window type defines ------------------------------------------------------------
     def _add(self, value: Any, t: int, watermark: int, cols: dict[str, Any],
@@ -135,18 +137,33 @@ class KeyedAggregate(Step):
     # -- the engine ----------------------------------------------------------------------------
     def _index(self, p: int, part: Any) -> ExpiryIndex:
         ix = self._indexes.get(p)
-        if ix is None:  # first batch since the partition was assigned (or restored): index what is there
-            ix = self._indexes[p] = ExpiryIndex()
-            for key, value in part.items():
-                if key != WATERMARK_KEY:
-                    ix.note(key, self._expiry(value))
+        if ix is None:  # first batch since the partition was assigned (or rolled back): index what is there
+            ix = self._indexes[p] = self._build_index(part)
         return ix
+
+    def _build_index(self, part: Any) -> ExpiryIndex:
+        ix = ExpiryIndex()
+        expiry = self._expiry
+        for key, value in part.items():
+            if key != WATERMARK_KEY:
+                ix.note(key, expiry(value))
+        return ix
+
+    def on_restored(self, partition: int, state: Any) -> None:
+        self._ready[partition] = self._build_index(state)  # off the worker's thread (see Step.on_restored)
 
     def on_assign(self, partitions: list[tuple[str, int]]) -> None:
         for _t, p in partitions:
-            self._indexes.pop(p, None)
+            ready = self._ready.pop(p, None)
+            if ready is None:
+                self._indexes.pop(p, None)
+            else:
+                self._indexes[p] = ready
 
-    on_revoke = on_assign
+    def on_revoke(self, partitions: list[tuple[str, int]]) -> None:
+        for _t, p in partitions:
+            self._indexes.pop(p, None)
+            self._ready.pop(p, None)
 
     def reads(self) -> list[str]:
         fields = [self.key] + ([self.time_field] if self.time_field else [])

@@ -36,18 +36,21 @@ class Restore:
     offset}`` with several sources), on a thread of its own once :meth:`start` is called.
 
     ``progress(store, records, remaining)`` and ``finished(store, warm, cold)`` report to the
-    worker's hooks (from the restore's thread).
+    worker's hooks; ``restored(step index, partition, state)`` lets the step prepare (both from
+    the restore's thread).
     """
 
     def __init__(self, settings: KafkaSettings | None, stores: dict[int, StateStore], tps: list[tuple[str, int]],
                  upto: dict[int, Any], progress: Callable[[str, int, int], None] | None = None,
-                 finished: Callable[[str, int, int], None] | None = None) -> None:
+                 finished: Callable[[str, int, int], None] | None = None,
+                 restored: Callable[[int, int, Any], None] | None = None) -> None:
         self.settings = settings
         self.tps = list(tps)
         self.upto = upto
         self.staging = {i: store.staging() for i, store in stores.items()}
         self.progress = progress
         self.finished = finished
+        self.restored = restored
         self.error: BaseException | None = None
         self.records = 0
         self.started_at = 0.0
@@ -74,13 +77,18 @@ class Restore:
 
     def _run(self) -> None:
         try:
-            for store in self.staging.values():
+            for i, store in self.staging.items():
                 progress = None
                 if self.progress is not None:
                     progress = lambda k, left, name=store.name: self.progress(name, k, left)  # noqa: E731
                 self.records += restore_partitions(self.settings, store, self.upto, progress=progress,
                                                    cancelled=self._cancel.is_set)
                 r = store.last_restore
+                if self.restored is not None:
+                    for q, part in store.partitions.items():
+                        if self._cancel.is_set():
+                            return
+                        self.restored(i, q, part)
                 if self.finished is not None:
                     self.finished(store.name, len(r.get("warm", ())), len(r.get("cold", ())))
         except RestoreCancelled:

@@ -31,7 +31,7 @@ array([2., 4.])
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from tidal.stream.batch import Batch
 
@@ -97,6 +97,12 @@ class Step(ABC):
 
     def on_assign(self, partitions: list[tuple[str, int]]) -> None:
         """Optional: partitions were assigned (their stores are already restored)."""
+
+    def on_restored(self, partition: int, state: Any) -> None:
+        """Optional: ``partition``'s state (this step's store partition) was restored, on the
+        restore's thread, before :meth:`on_assign`: build what derives from the whole state
+        here (an index over millions of keys), not in the first batch, which would hold up
+        the worker's other partitions."""
 
     def on_revoke(self, partitions: list[tuple[str, int]]) -> None:
         """Optional: partitions are leaving this worker, or their batch was rolled back."""

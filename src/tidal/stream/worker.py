@@ -357,7 +357,7 @@ class Worker:
         if self.stores and tps:  # paused until their state is back; the other partitions go on meanwhile
             self._hold(consumer, partitions)
             self._restores.append(Restore(self.settings, self.stores, tps, self._upto(tps, committed),
-                                          self.hooks.state_restore, self.hooks.state_restored))
+                                          self.hooks.state_restore, self.hooks.state_restored, self._restored))
             self._next_restore()
         else:
             for step in self.pipeline.steps:
@@ -375,6 +375,9 @@ class Worker:
             consumer.assign(partitions)
         consumer.pause(partitions)
         self._held.update((tp.topic, tp.partition) for tp in partitions)
+
+    def _restored(self, step: int, partition: int, state: Any) -> None:
+        self.pipeline.steps[step].on_restored(partition, state)
 
     def _next_restore(self) -> None:
         if self._restores and not self._restores[0].started:
@@ -417,7 +420,7 @@ class Worker:
                 qs = {q for _t, q in stay}
                 self._restores.append(Restore(self.settings, self.stores, stay,
                                               {q: o for q, o in job.upto.items() if q in qs},
-                                              job.progress, job.finished))
+                                              job.progress, job.finished, job.restored))
         for key in revoked:
             self._held.discard(key)
             self._stray.pop(key, None)
