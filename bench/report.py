@@ -127,6 +127,7 @@ def render(doc: dict, path: Path) -> str:
         for r in onl:
             out.append(f"| {r['label']} | {_n(r.get('events_per_s'))} | {_n(r.get('startup_s'), 1)} |")
     out += mlops(res, path.parent)
+    out += state_recovery(path.parent)
     out += _others(path.parent)
     charts = [c for c in (path.with_name(f"{path.stem}-{k}.png") for k in ("throughput", "latency", "scaling", "online"))
               if c.exists()]
@@ -205,6 +206,52 @@ def mlops(res: list[dict], folder: Path) -> list[str]:
     return out
 
 
+def _newest(folder: Path, kind: str) -> tuple[Path, dict] | None:
+    files = sorted(folder.glob(f"20*-{kind}.json"))
+    if not files:
+        return None
+    try:
+        return files[-1], json.loads(files[-1].read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def state_recovery(folder: Path) -> list[str]:
+    """Restoring large state: the newest ``features_bench.py`` and ``rebalance_bench.py`` files
+    (their own scripts, not part of this suite's run), named as such."""
+    out = ["", "#### State recovery (own scripts, not this run)", ""]
+    for kind, label in (("features", "memory"), ("features-rocksdb", "RocksDB")):
+        got = _newest(folder, kind)
+        if got is None:
+            continue
+        f, d = got
+        r = d.get("restore") or {}
+        line = (f"- **restore, {label}** (`bench/features_bench.py`, `{_rel(f)}`): {_n(r.get('entries'))} changelog "
+                f"entries in {_n(r.get('restore_s'), 2)} s ({_n(r.get('entries_per_s'))} entries/s)")
+        if r.get("warm_tail") is not None:
+            line += (f"; a warm restart from the local checkpoint replayed {_n(r.get('warm_replayed'))} records "
+                     f"(the tail written since) in {_n(r.get('warm_restore_s'), 2)} s")
+        out.append(line + ".")
+    got = _newest(folder, "rebalance")
+    if got is None:
+        out.append("- **rebalance with large state**: not measured yet (`python bench/rebalance_bench.py`).")
+        return out
+    f, d = got
+    two = d.get("two_restores") or [{}]
+    back = d.get("one_restore_of_returned") or {}
+    out.append(
+        f"- **rebalance with {_n(d.get('keys'))} keys** (`bench/rebalance_bench.py`, `{_rel(f)}`), "
+        f"{d.get('partitions')} partitions, {_n(d.get('rate'))} events/s offered throughout: worker one restored "
+        f"them all in {_n((d.get('one_cold_restore') or {}).get('seconds'), 1)} s; a second worker joined and "
+        f"restored its {_n(two[0].get('records'))} records in {_n(two[0].get('seconds'), 1)} s; when it left, "
+        f"worker one restored {_n(back.get('records'))} records in {_n(back.get('seconds'), 1)} s in the "
+        f"background while processing {_n(d.get('kept_batches_during_background_restore'))} batches of the "
+        f"partitions it kept. Longest pause on those partitions: {_n(d.get('kept_max_pause_s'), 2)} s; "
+        f"{d.get('one_rebalances')} rebalance callbacks on worker one; {_n(d.get('events_sent'))} events sent, "
+        f"{_n(d.get('lost'))} lost, {_n(d.get('repeated'))} repeated.")
+    return out
+
+
 def _file_hotswap(folder: Path) -> str:
     """No hotswap row in this results file: the newest ``bench/hotswap_bench.py`` file, named as such."""
     swaps = sorted(folder.glob("20*-hotswap.json"))
@@ -246,7 +293,7 @@ def _file_drift(folder: Path) -> str:
 
 def _others(folder: Path) -> list[str]:
     """The other benchmarks' results files (not part of this suite's run)."""
-    mine = ("quick", "smoke", "score")
+    mine = ("quick", "smoke", "score", "features", "features-rocksdb", "rebalance")
     others = [p for p in sorted(folder.glob("20*-*-*-*.json"))
               if _kind(p) not in mine and not _kind(p).endswith(("partial", "external"))]
     if not others:
