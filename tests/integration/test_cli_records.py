@@ -217,5 +217,5 @@ def test_tail_follow_prints_new_records_until_ctrl_c(settings, name):
     assert select.select([proc.stdout], [], [], 30)[0]
     assert orjson.loads(proc.stdout.readline())["value"] == {"n": 2}
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(20) == 0
+    assert proc.wait(60) == 0  # about a second here; a loaded CI machine with a busy broker has taken over 20 s
     assert "Traceback" not in proc.stderr.read()

@@ -4,6 +4,7 @@ ones wait, paused, and continue from the restored state once it is back."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import defaultdict
@@ -33,20 +34,23 @@ def until(cond, timeout: float = 60.0, what: str = "") -> None:
 
 
 class Gate:
-    """Wraps the restore: once armed, a restore waits until the gate opens."""
+    """Wraps the restore: once armed, a restore of the worker with ``settings`` waits until the
+    gate opens (the other worker may still be handed partitions while it leaves)."""
 
-    def __init__(self, real) -> None:
-        self.real, self.armed, self.open, self.waiting = real, False, threading.Event(), threading.Event()
+    def __init__(self, real, settings) -> None:
+        self.real, self.settings = real, settings
+        self.armed, self.open, self.waiting = False, threading.Event(), threading.Event()
 
     def __call__(self, *args, **kwargs):
-        if self.armed:
+        if self.armed and args[0] is self.settings:
             self.waiting.set()
             self.open.wait(60)
         return self.real(*args, **kwargs)
 
 
 def test_a_restore_does_not_stop_the_partitions_already_held(settings, name, monkeypatch):
-    gate = Gate(restorer.restore_partitions)
+    mine = dataclasses.replace(settings)  # worker one's own settings object: the gate knows its restores
+    gate = Gate(restorer.restore_partitions, mine)
     monkeypatch.setattr(restorer, "restore_partitions", gate)
     seen: dict[int, set[int]] = defaultdict(set)  # worker one's partitions and the ids it processed
 
@@ -54,7 +58,7 @@ def test_a_restore_does_not_stop_the_partitions_already_held(settings, name, mon
         for q, i in zip(batch.partitions.tolist(), batch.column("id").tolist()):
             seen[q].add(i)
 
-    one = Worker(from_dict(spec(name)), settings, handle_signals=False, on_batch=note)
+    one = Worker(from_dict(spec(name)), mine, handle_signals=False, on_batch=note)
     two = Worker(from_dict(spec(name)), settings, handle_signals=False, worker_id="1")
     threads = [threading.Thread(target=w.run, daemon=True) for w in (one, two)]
     threads[0].start()
@@ -74,7 +78,7 @@ def test_a_restore_does_not_stop_the_partitions_already_held(settings, name, mon
     two.stop()
     threads[1].join(30)
     assert gate.waiting.wait(60), "worker one never restored the returned partitions"
-    assert one.health()["restoring"]
+    until(lambda: one.health()["restoring"], what="worker one to report the restore")
     before = {q: set(ids) for q, ids in seen.items()}
     send(settings, name, range(800, 1200))
     third = set(range(800, 1200))
