@@ -197,25 +197,26 @@ def test_dlq_replay_refuses_a_bad_fix_and_an_unknown_pipeline(settings, fed, nam
     assert rc == 2 and err.startswith(f"error: no dead-letter topic {name}.dlq")
 
 
-def test_tail_follow_prints_new_records_until_ctrl_c(settings, name):
+def test_tail_follow_prints_new_records_until_ctrl_c(settings, name, tmp_path):
     import select
     import signal
     import time
 
     ensure_topics(settings, [f"{name}.live"])
+    err = tmp_path / "stderr"  # a file, not a pipe nobody reads: client logs filling one would block the tail
     proc = tidal_process(settings, "tail", f"{name}.live", "--follow", "--json", text=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                         stdout=subprocess.PIPE, stderr=err.open("w"))
     produce(settings, f"{name}.live", [b'{"n": 1}'])
     got, deadline = [], time.monotonic() + 60
     while not got and time.monotonic() < deadline:
         if select.select([proc.stdout], [], [], 0.5)[0]:
             got.append(orjson.loads(proc.stdout.readline()))
         if not got:  # the tail may have started after the record: it reads the last 10, so it shows up
-            assert proc.poll() is None, proc.stderr.read()
+            assert proc.poll() is None, err.read_text()
     assert [r["value"] for r in got] == [{"n": 1}]
     produce(settings, f"{name}.live", [b'{"n": 2}'])
     assert select.select([proc.stdout], [], [], 30)[0]
     assert orjson.loads(proc.stdout.readline())["value"] == {"n": 2}
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(60) == 0  # about a second here; a loaded CI machine with a busy broker has taken over 20 s
-    assert "Traceback" not in proc.stderr.read()
+    assert proc.wait(60) == 0, err.read_text()[-3000:]
+    assert "Traceback" not in err.read_text()

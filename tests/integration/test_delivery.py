@@ -25,17 +25,19 @@ pytestmark = pytest.mark.integration
 HERE = Path(__file__).resolve().parent
 
 
-def write_spec(tmp_path: Path, name: str, **extra) -> Path:
+def write_spec(tmp_path: Path, name: str, step: str = "slow", **extra) -> Path:
     spec = {"pipeline": name, "schema": {"id": "int"},
-            "steps": [{"python": "integration.steps_for_tests:slow"}], "batch": {"max_batch": 100, "max_wait_ms": 20}, **extra}
+            "steps": [{"python": f"integration.steps_for_tests:{step}"}], "batch": {"max_batch": 100, "max_wait_ms": 20},
+            **extra}
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
 
 
-def start(settings, spec: Path, *args: str) -> subprocess.Popen:
+def start(settings, spec: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     level = os.environ.get("TIDAL_TEST_LOG_LEVEL", "WARNING")
-    return tidal_process(settings, "run", str(spec), "--log-level", level, *args, env={"PYTHONPATH": str(HERE.parent)})
+    return tidal_process(settings, "run", str(spec), "--log-level", level, *args,
+                         env={"PYTHONPATH": str(HERE.parent), **(env or {})})
 
 
 def setup(settings, tmp_path, name, n, **extra) -> Path:
@@ -51,15 +53,20 @@ def ids(settings, topic: str, isolation: str = "read_uncommitted") -> Counter:
 
 def test_kill_9_then_restart_loses_nothing(settings, name, tmp_path):
     n = 3000
-    spec = setup(settings, tmp_path, name, n)
-    worker = start(settings, spec)
-    wait_for(settings, [(f"{name}.predictions", 4)], 600, timeout=60)
+    spec = setup(settings, tmp_path, name, n, step="marked")  # 0.3 s a batch of 100, each counted in a file
+    mark = tmp_path / "batches"
+    env = {"TIDAL_TEST_MARK": str(mark)}
+    worker = start(settings, spec, env=env)
+    deadline = time.monotonic() + 60
+    while not (mark.exists() and int(mark.read_text() or 0) >= 8):  # 7 batches done, ~23 to go
+        assert time.monotonic() < deadline and worker.poll() is None, "the worker did not get going"
+        time.sleep(0.05)
     worker.send_signal(signal.SIGKILL)  # mid-stream, without any chance to commit
     worker.wait(10)
     partial = ids(settings, f"{name}.predictions")
     assert 0 < sum(partial.values()) < n, "the kill should land mid-stream"
 
-    restarted = start(settings, spec, "--idle-exit", "3")
+    restarted = start(settings, spec, "--idle-exit", "3", env=env)
     assert restarted.wait(120) == 0
     seen = ids(settings, f"{name}.predictions")
     assert set(seen) == set(range(n))  # every event has a prediction
