@@ -16,6 +16,14 @@ partitions it kept (what a restore on the worker's own thread would stretch to t
 length), the rebalances *one* went through (a storm would show here), and every event
 produced checked against the outputs (lost, repeated). Results go to
 ``bench/results/<date>-rebalance.json``.
+
+Diagnostics: ``REBALANCE_WATCH=1`` prints worker one's counts, held partitions, positions and
+cached high watermarks every 2 s; ``REBALANCE_STACKS=FILE`` dumps every thread's stack there
+every 3 s from the join on; ``REBALANCE_ONE_EXTRA='{"debug": "cgrp,fetch", "log_level": 7}'``
+adds librdkafka settings to worker one's clients; ``REBALANCE_FETCH_WAIT_MS`` (default 100) is
+the pipeline's ``fetch.wait.max.ms``: at 5 ms (tidal's default for ``max_wait_ms: 0``) and
+10,000,000 keys the embedded broker answered every fetch of the source partitions with no
+records, for good.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ from tidal.config import KafkaSettings  # noqa: E402
 from tidal.stream import Worker, from_dict  # noqa: E402
 
 RESULTS = BENCH / "results"
+FETCH_WAIT_MS = int(os.environ.get("REBALANCE_FETCH_WAIT_MS", "100"))
 PARTS, WARM = 4, 10  # source partitions; events per partition committed before the start
 STATE = b'{"o":1,"v":{"0":{"x":[3,1.5,0.9,0.2,0.8,0.5]}}}'  # as in features_bench's restore
 
@@ -57,7 +66,11 @@ STATE = b'{"o":1,"v":{"0":{"x":[3,1.5,0.9,0.2,0.8,0.5]}}}'  # as in features_ben
 def spec(name: str) -> dict:
     return {"pipeline": name, "schema": {"id": "int", "k": "str", "x": "float"}, "partitions": PARTS,
             "steps": [{"window": {"key": "k", "aggs": {"n": ["x", "count"]}}}],
-            "batch": {"max_batch": 5000, "max_wait_ms": 0}}
+            "batch": {"max_batch": 5000, "max_wait_ms": 0},
+            # The embedded broker answers a fetch it cannot serve within fetch.wait.max.ms with no
+            # records, and its reads slow down as its memory fills: with ~20M records stored the
+            # default (5 ms at max_wait_ms 0) returned nothing at all, forever (README, State).
+            "kafka": {"consumer": {"fetch.wait.max.ms": FETCH_WAIT_MS}}}
 
 
 def prepare(settings: KafkaSettings, name: str, keys: int) -> None:
@@ -138,7 +151,8 @@ def main() -> None:
         settings = KafkaSettings(broker.bootstrap)
         prepare(settings, name, args.keys)
         batches: list[tuple[float, frozenset[int]]] = []
-        one = Worker(from_dict(spec(name)), settings, handle_signals=False,
+        mine = KafkaSettings(broker.bootstrap, json.loads(os.environ.get("REBALANCE_ONE_EXTRA", "{}")))
+        one = Worker(from_dict(spec(name)), mine, handle_signals=False,
                      on_batch=lambda w, b: batches.append((time.monotonic(), frozenset(b.partitions.tolist()))))
         t_start = time.monotonic()
         threading.Thread(target=one.run, daemon=True).start()
@@ -148,9 +162,27 @@ def main() -> None:
         print(f"one: {cold['records']:,} records restored in {cold['seconds']:.1f}s", flush=True)
         pacer = Pacer(settings, one.pipeline.sources[0], args.rate)
         pacer.start()
+        if os.environ.get("REBALANCE_WATCH"):
+            def watch() -> None:
+                while True:
+                    time.sleep(2)
+                    try:
+                        asg = one.consumer.assignment()
+                        pos = {tp.partition: tp.offset for tp in one.consumer.position(asg)}
+                        hw = {tp.partition: one.consumer.get_watermark_offsets(tp, cached=True)[1] for tp in asg}
+                    except Exception as exc:  # noqa: BLE001
+                        pos, hw = repr(exc), {}
+                    print(f"WATCH t={time.monotonic() - t_start:.1f} in={one.stats.events_in} out={one.stats.outputs} "
+                          f"sent={pacer.sent} held={sorted(q for _t, q in one._held)} restores={len(one._restores)} "
+                          f"inflight={len(one._inflight)} pos={pos} hw={hw} stray={one._stray}", flush=True)
+            threading.Thread(target=watch, daemon=True).start()
         time.sleep(3)
 
         t_join = time.monotonic()
+        if os.environ.get("REBALANCE_STACKS"):  # where the worker's threads are, every 3 s from here on
+            import faulthandler
+
+            faulthandler.dump_traceback_later(3, repeat=True, file=open(os.environ["REBALANCE_STACKS"], "w"))
         env = {**os.environ, "TIDAL_BOOTSTRAP_SERVERS": settings.bootstrap}
         two_log = work / "two.log"
         two = subprocess.Popen([sys.executable, "-m", "tidal", "run", str(work / "p.yaml"), "--worker-id", "two",
@@ -161,13 +193,11 @@ def main() -> None:
                 raise SystemExit(f"worker two exited ({two.returncode}): {two_log.read_text()[-2000:]}")
             time.sleep(0.05)
         kept = {tp.partition for tp in one.consumer.assignment()}
+        print(f"JOINED t={time.monotonic() - t_start:.1f}", flush=True)
         print(f"one keeps {sorted(kept)} after {time.monotonic() - t_join:.1f}s", flush=True)
         time.sleep(args.hold_s)
         t_leave = time.monotonic()
-        if os.environ.get("REBALANCE_STACKS"):  # where the worker's threads are, every 3 s from here on
-            import faulthandler
-
-            faulthandler.dump_traceback_later(3, repeat=True, file=open(os.environ["REBALANCE_STACKS"], "w"))
+        print(f"LEAVE t={t_leave - t_start:.1f}", flush=True)
         two.send_signal(signal.SIGTERM)
         two.wait(120)
         n_before = len(restores.seen)
