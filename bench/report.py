@@ -237,13 +237,15 @@ def state_recovery(folder: Path) -> list[str]:
         out.append("- **rebalance with large state**: not measured yet (`python bench/rebalance_bench.py`).")
         return out
     f, d = got
-    two = d.get("two_restores") or [{}]
+    two = d.get("two_restores") or []
     back = d.get("one_restore_of_returned") or {}
+    joined = (f"restored its {_n(two[0].get('records'))} records in {_n(two[0].get('seconds'), 1)} s" if two else
+              f"had not finished restoring its partitions after {_n(d.get('hold_s'), 0)} s, when it left (called off)")
     out.append(
         f"- **rebalance with {_n(d.get('keys'))} keys** (`bench/rebalance_bench.py`, `{_rel(f)}`), "
         f"{d.get('partitions')} partitions, {_n(d.get('rate'))} events/s offered throughout: worker one restored "
         f"them all in {_n((d.get('one_cold_restore') or {}).get('seconds'), 1)} s; a second worker joined and "
-        f"restored its {_n(two[0].get('records'))} records in {_n(two[0].get('seconds'), 1)} s; when it left, "
+        f"{joined}; once it left, "
         f"worker one restored {_n(back.get('records'))} records in {_n(back.get('seconds'), 1)} s in the "
         f"background while processing {_n(d.get('kept_batches_during_background_restore'))} batches of the "
         f"partitions it kept. Longest pause on those partitions: {_n(d.get('kept_max_pause_s'), 2)} s; "
