@@ -205,7 +205,7 @@ def test_tail_follow_prints_new_records_until_ctrl_c(settings, name, tmp_path):
     ensure_topics(settings, [f"{name}.live"])
     err = tmp_path / "stderr"  # a file, not a pipe nobody reads: client logs filling one would block the tail
     proc = tidal_process(settings, "tail", f"{name}.live", "--follow", "--json", text=True,
-                         stdout=subprocess.PIPE, stderr=err.open("w"))
+                         stdout=subprocess.PIPE, stderr=err.open("w"), env={"PYTHONFAULTHANDLER": "1"})
     produce(settings, f"{name}.live", [b'{"n": 1}'])
     got, deadline = [], time.monotonic() + 60
     while not got and time.monotonic() < deadline:
@@ -218,5 +218,11 @@ def test_tail_follow_prints_new_records_until_ctrl_c(settings, name, tmp_path):
     assert select.select([proc.stdout], [], [], 30)[0]
     assert orjson.loads(proc.stdout.readline())["value"] == {"n": 2}
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(60) == 0, err.read_text()[-3000:]
+    try:
+        rc = proc.wait(60)
+    except subprocess.TimeoutExpired:  # where it hangs: faulthandler prints every thread's stack on SIGABRT
+        proc.send_signal(signal.SIGABRT)
+        proc.wait(10)
+        raise AssertionError("tail --follow did not exit on Ctrl-C:\n" + err.read_text()[-6000:]) from None
+    assert rc == 0, err.read_text()[-3000:]
     assert "Traceback" not in err.read_text()

@@ -317,6 +317,18 @@ def _reader(settings: Any, extra: dict[str, Any] | None = None) -> Any:
         "isolation.level": "read_committed", "log_level": 3, **(extra or {})}))
 
 
+def _close_soon(consumer: Any, timeout: float = 5.0) -> None:
+    """Close a reader, giving up after ``timeout`` s: it committed nothing, so nothing is lost
+    by not waiting, and Ctrl-C must end ``tail --follow`` even when the broker is slow to answer."""
+    import threading
+
+    t = threading.Thread(target=consumer.close, name="tidal-tail-close", daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        typer.echo(f"the Kafka client did not close within {timeout:.0f} s; exiting without it", err=True)
+
+
 class _Stop(Exception):
     pass
 
@@ -407,10 +419,14 @@ def tail(target: str = typer.Argument(..., metavar="TOPIC|PIPELINE",
                 keep.append(r)
         return keep
 
+    stopping = False
+
     def on_term(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True  # the loop ends even if a client call swallowed the exception
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, on_term)
+    previous = {sig: signal.signal(sig, on_term) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         # up to the current end of every partition (partition EOF, not a high watermark: it can be short)
         eof: set[int] = set()
@@ -427,7 +443,7 @@ def tail(target: str = typer.Argument(..., metavar="TOPIC|PIPELINE",
                     if n_last else []:
                 emit(r)
         out.flush()
-        while follow:
+        while follow and not stopping:
             for r in take(consumer.consume(500, 0.5), None):
                 emit(r)
     except _Stop:
@@ -437,9 +453,10 @@ def tail(target: str = typer.Argument(..., metavar="TOPIC|PIPELINE",
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         out.flush()
-        consumer.close()
+        _close_soon(consumer)
     if undecodable:
         typer.echo(f"{undecodable} record(s) were not JSON: shown raw", err=True)
     if not printed and not as_json:
