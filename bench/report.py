@@ -256,11 +256,11 @@ def state_recovery(folder: Path) -> list[str]:
 
 def _file_hotswap(folder: Path) -> str:
     """No hotswap row in this results file: the newest ``bench/hotswap_bench.py`` file, named as such."""
-    swaps = sorted(folder.glob("20*-hotswap.json"))
-    if not swaps:
+    got = _newest(folder, "hotswap")
+    if got is None:
         return "- **hot-swap**: not measured in this results file (`python bench/run.py --only hotswap`)."
-    h = json.loads(swaps[-1].read_text())
-    src = f"not this run: `bench/hotswap_bench.py`, `{_rel(swaps[-1])}`"
+    f, h = got
+    src = f"not this run: `bench/hotswap_bench.py`, `{_rel(f)}`"
     per = h.get("promotion_to_first_v2_batch_s") or h.get("promotion_to_swap_s") or []
     buckets = h.get("events_per_s_100ms_buckets_around_swap") or []
     first = h.get("promotion_to_first_v2_output_s")

@@ -55,3 +55,17 @@ def test_moving_caught_up_or_held_partitions_are_not_stalled(caplog):
     with caplog.at_level(logging.WARNING, logger="tidal.worker"):
         w._watch_stall(KEY, 50)  # 0.3 s at position 150 now
     assert len(warnings(caplog)) == 1
+
+
+def test_a_partition_revoked_and_given_back_starts_a_new_clock(caplog):
+    from confluent_kafka import TopicPartition
+
+    w = worker()
+    w._positions[KEY] = 100
+    w._watch_stall(KEY, 50)
+    time.sleep(0.25)
+    w._on_revoke(None, [TopicPartition(*KEY)])  # stateless: nothing to commit or drop
+    w._positions[KEY] = 100  # back, at the same committed position
+    with caplog.at_level(logging.WARNING, logger="tidal.worker"):
+        w._watch_stall(KEY, 50)
+    assert not warnings(caplog)

@@ -446,6 +446,7 @@ class Worker:
         for t, q in tps:
             self.hooks.revoked(t, q)
             self._positions.pop((t, q), None)
+            self._still.pop((t, q), None)  # back later at the same position is not a stall
         log.info("worker %s revoked %s", self.worker_id, tps)
         held = self._held.intersection(tps)
         if held:  # never processed here: their restore is called off, and the steps never saw them
