@@ -69,3 +69,44 @@ def test_a_partition_revoked_and_given_back_starts_a_new_clock(caplog):
     with caplog.at_level(logging.WARNING, logger="tidal.worker"):
         w._watch_stall(KEY, 50)
     assert not warnings(caplog)
+
+
+class _Consumer:
+    """What ``_update_lag`` asks of the consumer: the assignment and cached watermarks."""
+
+    def __init__(self, high: int) -> None:
+        self.high = high
+
+    def assignment(self):
+        from confluent_kafka import TopicPartition
+
+        return [TopicPartition(*KEY)]
+
+    def get_watermark_offsets(self, tp, cached=True):
+        return 0, self.high
+
+
+def test_stall_seconds_are_a_metric_and_leave_with_the_partition():
+    from confluent_kafka import TopicPartition
+
+    from tidal.monitor.hooks import MonitorHooks
+
+    w = worker()
+    w.hooks = hooks = MonitorHooks(w.pipeline)
+    labels = {"pipeline": "p", "topic": KEY[0], "partition": str(KEY[1])}
+
+    def stalled():
+        return hooks.registry.get_sample_value("tidal_partition_stalled_seconds", labels)
+
+    w.consumer = _Consumer(high=150)
+    w._positions[KEY] = 100
+    w._update_lag()
+    assert stalled() == 0.0 and w.lag == 50  # behind, but its clock only starts now
+    time.sleep(0.25)
+    w._update_lag()
+    assert stalled() >= 0.25
+    w._positions[KEY] = 150  # it moved and caught up
+    w._update_lag()
+    assert stalled() == 0.0
+    w._on_revoke(None, [TopicPartition(*KEY)])
+    assert stalled() is None  # a partition that left has no series

@@ -74,6 +74,9 @@ class MonitorHooks(WorkerHooks):
     def lag(self, topic: str, partition: int, messages: int, seconds: float) -> None:
         self.metrics.set_lag(topic, partition, messages, seconds)
 
+    def stalled(self, topic: str, partition: int, seconds: float) -> None:
+        self.metrics.stalled.labels(self.pipeline, topic, str(partition)).set(seconds)
+
     def state_size(self, store: str, entries: int) -> None:
         self.metrics.state_entries.labels(self.pipeline, store).set(entries)
 

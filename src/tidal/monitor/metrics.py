@@ -73,6 +73,10 @@ class WorkerMetrics:
         self.kafka_lag_s = Gauge("kafka_consumergroup_group_lag_seconds",
                                  "Age of the oldest unprocessed message, estimated (kafka-lag-exporter).",
                                  ["group", "topic", "partition"], registry=r)
+        self.stalled = Gauge("tidal_partition_stalled_seconds",
+                             "How long a partition has been behind with its position not moving (0: moving or "
+                             "caught up; paused while its state is restored does not count).",
+                             ["pipeline", "topic", "partition"], registry=r)
         self.state_entries = Gauge("tidal_state_entries", "Keys held in a state store by this worker.",
                                    ["pipeline", "state"], registry=r)
         self.state_restored = Counter("tidal_state_restored_records", "Changelog records applied restoring state.",
@@ -90,7 +94,8 @@ class WorkerMetrics:
         self.kafka_lag_s.labels(self.group, topic, str(partition)).set(lag_seconds)
 
     def forget_partition(self, topic: str, partition: int) -> None:
-        for gauge, first in ((self.lag, self.pipeline), (self.kafka_lag, self.group), (self.kafka_lag_s, self.group)):
+        for gauge, first in ((self.lag, self.pipeline), (self.kafka_lag, self.group), (self.kafka_lag_s, self.group),
+                             (self.stalled, self.pipeline)):
             try:
                 gauge.remove(first, topic, str(partition))
             except KeyError:

@@ -60,6 +60,9 @@ class WorkerHooks:
     def lag(self, topic: str, partition: int, messages: int, seconds: float) -> None:
         """Consumer lag of one assigned partition."""
 
+    def stalled(self, topic: str, partition: int, seconds: float) -> None:
+        """How long ``partition`` has been behind with its position not moving (0: it moves)."""
+
     def state_size(self, store: str, entries: int) -> None:
         """Keys held by one state store."""
 

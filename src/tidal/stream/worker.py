@@ -626,31 +626,35 @@ class Worker:
                 continue
             lag = max(0, high - self._positions.get(key, max(low, 0)))  # no commit yet: from the start
             total += lag
-            self._watch_stall(key, lag)
+            self.hooks.stalled(tp.topic, tp.partition, self._watch_stall(key, lag))
             age = (now_ms - self._last_ts.get(key, now_ms)) / 1000 if lag else 0.0
             self.hooks.lag(tp.topic, tp.partition, lag, max(0.0, age))
         self.lag = total
 
-    def _watch_stall(self, key: tuple[str, int], lag: int) -> None:
-        """Warn once when a partition is behind and its position has not moved for
-        ``stall_warn_s``: the client fetches and the broker answers with no records (the embedded
+    def _watch_stall(self, key: tuple[str, int], lag: int) -> float:
+        """Seconds ``key`` has been behind with its position not moving (0 if it moves, is caught
+        up, or is held while its state is restored); warns once when that reaches
+        ``stall_warn_s``. The client fetches and the broker answers with no records (the embedded
         broker does so when it cannot find them within ``fetch.wait.max.ms``, which happens once
         its memory holds tens of millions of records), or the partition is paused by someone."""
         pos = self._positions.get(key)
         if not lag or pos is None or key in self._held:
             self._still.pop(key, None)
-            return
+            return 0.0
         now = time.monotonic()
         last = self._still.get(key)
         if last is None or last[0] != pos:
             self._still[key] = (pos, now, False)
-        elif not last[2] and now - last[1] >= self.stall_warn_s:
+            return 0.0
+        still = now - last[1]
+        if not last[2] and still >= self.stall_warn_s:
             wait = self._consumer_config().get("fetch.wait.max.ms")
             log.warning("%s [%d] is %d records behind and nothing of it came from the broker for %.0f s "
                         "(position %d). On the embedded broker a short fetch.wait.max.ms (%s ms) can starve a "
                         "large topic: set kafka.consumer.fetch.wait.max.ms to 100 or more in the pipeline",
-                        key[0], key[1], lag, now - last[1], pos, wait)
+                        key[0], key[1], lag, still, pos, wait)
             self._still[key] = (pos, last[1], True)
+        return still
 
     def _state_changes(self, offsets: Offsets) -> list[tuple[str, int, bytes, bytes]]:
         if not self.stores:
