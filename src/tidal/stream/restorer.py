@@ -64,7 +64,7 @@ class Restore:
 
     def start(self) -> None:
         self.started_at = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name=f"tidal-restore-{self.partitions}", daemon=True)
+        self._thread = threading.Thread(target=self.run, name=f"tidal-restore-{self.partitions}", daemon=True)
         self._thread.start()
 
     @property
@@ -75,7 +75,11 @@ class Restore:
     def done(self) -> bool:
         return self._thread is not None and not self._thread.is_alive()
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """Restore on the calling thread (:meth:`start` calls it on a thread of its own); an
+        error is kept for :meth:`adopt` to raise."""
+        if not self.started_at:
+            self.started_at = time.monotonic()
         try:
             for i, store in self.staging.items():
                 progress = None

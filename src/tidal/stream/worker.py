@@ -54,7 +54,7 @@ from tidal.stream.encode import dlq_headers, encode_outputs, fit_dead_letter, pr
 from tidal.stream.hooks import WorkerHooks, default_hooks
 from tidal.stream.pipeline import Pipeline
 from tidal.stream.restorer import Restore
-from tidal.stream.state import STATE_DIR_ENV, StateStore, restore_partitions
+from tidal.stream.state import STATE_DIR_ENV, StateStore
 
 __all__ = ["Worker", "WorkerStats", "DeliveryFailed", "fetch_wait_ms", "take_arrived"]
 
@@ -320,18 +320,11 @@ class Worker:
 
     def _restore(self, tps: list[tuple[str, int]], committed: Offsets) -> None:
         """Restore ``tps``' state on this thread (a roll-back; assignments restore in the background)."""
-        if not self.stores:
-            return
-        upto = self._upto(tps, committed)
-        for store in self.stores.values():  # state first: no batch of these partitions runs before it is back
-            t0 = time.monotonic()
-            n = restore_partitions(self.settings, store, upto,
-                                   progress=lambda k, left, name=store.name: self.hooks.state_restore(name, k, left))
-            r = store.last_restore
-            self.hooks.state_restored(store.name, len(r.get("warm", ())), len(r.get("cold", ())))
-            log.info("restored %s %s: %d changelog records in %.2fs (%d read; warm from a local checkpoint: %s)",
-                     store.name, [q for _t, q in tps], n, time.monotonic() - t0, r.get("read", 0),
-                     r.get("warm") or "none")
+        if self.stores:
+            job = Restore(self.settings, self.stores, tps, self._upto(tps, committed),
+                          self.hooks.state_restore, self.hooks.state_restored, self._restored)
+            job.run()
+            job.adopt(self.stores)
 
     def _checkpoint_stores(self, only: list[int] | None = None, force: bool = True) -> None:
         """Persistent stores note that their databases equal committed state: call only when every
