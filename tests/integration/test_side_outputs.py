@@ -59,3 +59,38 @@ def test_a_steps_alerts_are_produced_by_the_worker(settings, name, exactly_once)
     mine = [a for a in alerts if a["pipeline"] == name]
     assert sorted(a["card"] for a in mine) == sorted({*cards})
     assert all(a["type"] == "big_spender" and a["state"] == "firing" and a["total"] == 1020.0 for a in mine)
+
+
+class Oversized(Step):
+    """One side record per event, the one of event 3 over the producer's ``message.max.bytes``:
+    the client refuses it at ``produce()``, before any broker sees it."""
+
+    name = "oversized"
+    side_outputs = ("{pipeline}.audit",)
+
+    def process(self, batch):
+        topic = self.ctx.topics[0]
+        for i in batch.column("id").tolist():
+            self.ctx.emit(topic, b"x" * (2_000_000 if i == 3 else 10), str(i))
+        return batch
+
+
+@pytest.mark.parametrize("exactly_once", [False, True])
+def test_a_record_the_client_refuses_goes_to_the_dlq_and_the_rest_is_delivered(settings, name, exactly_once):
+    p = Pipeline(name, schema=Schema.from_dict({"id": "int"}), partitions=1, steps=[Oversized()],
+                 exactly_once=exactly_once, max_wait_ms=20)
+    ensure_topics(settings, p.topic_specs())
+    produce(settings, f"{name}.events", [orjson.dumps({"id": i}) for i in range(10)])
+    stats = Worker(p, settings, hooks=WorkerHooks()).run(idle_exit_s=3)
+    assert stats.events_in == 10
+    iso = "read_committed"
+    assert sorted(r["id"] for r in records(read_all(settings, p.sink, 1, iso))) == list(range(10))
+    audit = read_all(settings, f"{name}.audit", 1, iso)
+    assert sorted(int(m.key()) for m in audit) == [i for i in range(10) if i != 3]
+    dead = read_all(settings, p.dlq, 1, iso)
+    assert len(dead) == 1
+    h = dict(dead[0].headers())
+    assert h["tidal.error.reason"] == b"produce_error" and h["tidal.error.step"] == b"produce"
+    assert f"producing to {name}.audit".encode() in h["tidal.error.message"]
+    assert h["tidal.error.original_size"] == b"2000000" and h["tidal.error.truncated"] == b"true"
+    assert dead[0].key() == b"3" and 0 < len(dead[0].value()) < 2_000_000
