@@ -45,6 +45,9 @@ K8S_SCHEMA_PKG = "kubernetes-validate==1.37.0"
 # Optional: cloudcoil (its dependency) registers a pytest plugin that imports filelock, so install
 # both or neither; without them the ScaledObject gets the structural checks below only.
 KEDA_SCHEMA_PKG = "cloudcoil-models-keda==2.16.1.0 filelock"
+# The Prometheus Operator's CRDs (PodMonitor) as pydantic models, optional in the same way.
+OPERATOR_SCHEMA_PKG = "cloudcoil-models-prometheus-operator==0.80.1.0 filelock"
+OPERATOR = K8S / "prometheus-operator"
 K8S_VERSIONS = ("1.30", "1.37")  # an older supported minor and the newest the package has
 
 # The kafka scaler's metadata keys (KEDA docs, scalers/apache-kafka): a misspelt one is ignored
@@ -419,6 +422,44 @@ def test_scaledobject_matches_the_keda_crd():
     model = ScaledObject.model_validate(doc)  # types, required fields, enums of the CRD
     # the models ignore unknown fields: what does not survive the round trip was not in the CRD
     assert model.model_dump(by_alias=True, exclude_unset=True, mode="json") == doc
+
+
+def podmonitor() -> dict:
+    return yaml_file(OPERATOR / "podmonitor.yaml")
+
+
+def test_the_operator_overlay_is_the_base_plus_a_podmonitor():
+    kustomization = yaml_file(OPERATOR / "kustomization.yaml")
+    assert kustomization["resources"] == ["../", "podmonitor.yaml"]
+    assert sorted(p.name for p in OPERATOR.glob("*.yaml")) == ["kustomization.yaml", "podmonitor.yaml"]
+    doc = podmonitor()
+    assert doc["apiVersion"] == "monitoring.coreos.com/v1" and doc["kind"] == "PodMonitor"
+
+
+def test_the_podmonitor_scrapes_every_worker_pod_on_its_metrics_port():
+    doc, deployment = podmonitor(), k8s_docs()["Deployment"]
+    template_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    selector = doc["spec"]["selector"]["matchLabels"]
+    assert selector and selector.items() <= template_labels.items()
+    ports = {p["name"]: p["containerPort"] for p in container(deployment)["ports"]}
+    (endpoint,) = doc["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] in ports and endpoint["path"] == "/metrics"
+    service = k8s_docs()["Service"]
+    assert int(service["metadata"]["annotations"]["prometheus.io/port"]) == ports[endpoint["port"]]
+    assert endpoint["path"] == service["metadata"]["annotations"]["prometheus.io/path"]
+
+
+def test_podmonitor_matches_the_prometheus_operator_crd():
+    try:
+        from cloudcoil.models.prometheus_operator.v1 import PodMonitor
+    except ModuleNotFoundError:
+        pytest.skip(f"the Prometheus Operator's CRDs as pydantic models: pip install {OPERATOR_SCHEMA_PKG}")
+    doc = podmonitor()
+    model = PodMonitor.model_validate(doc)
+    assert model.model_dump(by_alias=True, exclude_unset=True, mode="json") == doc  # no unknown fields
+    bad = {**doc, "spec": {**doc["spec"], "podMetricsEndpoints": [{"port": "metrics", "interval": 15}]}}
+    with pytest.raises(Exception, match="interval"):  # the CRD's Duration is a string like "15s"
+        PodMonitor.model_validate(bad)
 
 
 def test_the_disruption_budget_covers_the_workers_one_at_a_time():
