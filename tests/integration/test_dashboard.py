@@ -462,3 +462,40 @@ def test_per_pipeline_view_shows_what_was_produced_for_it(settings, name, toy_mo
             w.stop()
         for t in threads:
             t.join(20)
+
+
+def basic(credentials: str) -> dict[str, str]:
+    import base64
+
+    return {"Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()}
+
+
+@needs_chromium
+def test_the_page_asks_for_basic_auth_and_scrapes_workers_behind_a_token(tmp_path):
+    worker = WorkerMetrics("secure", "tidal.secure")
+    worker.events_in.inc(77)
+    port = serve_metrics(worker.registry, 0, "127.0.0.1", token="s3cret")  # a worker with TIDAL_METRICS_TOKEN
+    url = f"http://127.0.0.1:{port}/metrics"
+    with Dashboard([url], None, port=0, interval=0.2, auth="ops:pa55", metrics_token="s3cret").start() as d:
+        for path in ("/", "/api/summary", "/static/app.js", "/metrics"):
+            for headers in ({}, basic("ops:wrong"), basic("pa55:ops"), {"Authorization": "Bearer pa55"}):
+                with pytest.raises(urllib.error.HTTPError) as err:
+                    urllib.request.urlopen(urllib.request.Request(d.url + path, headers=headers), timeout=5)
+                assert err.value.code == 401, (path, headers)
+                assert err.value.headers["WWW-Authenticate"] == 'Basic realm="tidal dashboard", charset="UTF-8"'
+        assert get_json(d.url + "/healthz")["ok"] is True  # probes need no credentials
+
+        def summary() -> dict:
+            req = urllib.request.Request(d.url + "/api/summary", headers=basic("ops:pa55"))
+            return orjson.loads(urllib.request.urlopen(req, timeout=5).read())
+
+        wait_until(lambda: summary()["totals"]["in"] == 77, 10, "the worker scraped with its token")
+        with Chromium(tmp_path / "chromium", width=1000, height=700) as browser:
+            # credentials in the URL answer the page's challenge; the page's own fetches reuse them
+            browser.open(f"http://ops:pa55@127.0.0.1:{d.port}/")
+            browser.wait_for("document.getElementById('kpi-events-in').textContent === '77'")
+            assert browser.evaluate("document.getElementById('targets-status').textContent") == "workers 1/1 up"
+    with Dashboard([url], None, port=0, interval=0.2).start() as d:  # no token: the worker refuses the scrape
+        (target,) = wait_until(lambda: [t for t in get_json(d.url + "/api/summary")["targets"] if t["error"]], 10,
+                               "a refused scrape")
+        assert target["up"] is False and target["error"].startswith("HTTP 401 Unauthorized: the worker wants its")

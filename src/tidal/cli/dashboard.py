@@ -13,7 +13,13 @@ __all__ = ["dashboard"]
 def dashboard(
     port: int = typer.Option(8080, help="Port to serve the page on (0: a free one)."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 for every interface; "
-                                               "the page has no authentication)."),
+                                               "then set --auth)."),
+    auth: Optional[str] = typer.Option(None, "--auth", envvar="TIDAL_DASHBOARD_AUTH",
+                                       help="USER:PASSWORD: HTTP Basic authentication for the page and its API "
+                                            "(/healthz stays open). Prefer the variable: a flag shows in `ps`."),
+    metrics_token: Optional[str] = typer.Option(None, "--metrics-token", envvar="TIDAL_METRICS_TOKEN",
+                                                help="Bearer token for workers that serve /metrics behind "
+                                                     "TIDAL_METRICS_TOKEN (default: that variable)."),
     metrics: List[str] = typer.Option(
         [], "--metrics", "-m",
         help="A worker's metrics endpoint: URL, HOST:PORT or HOST:9400-9403 for several (repeatable; "
@@ -48,13 +54,21 @@ def dashboard(
         except BrokerUnreachable:  # the page says so; the metrics still show
             logging.getLogger("tidal.dashboard").warning(
                 "no Kafka cluster configured and no embedded broker running: Kafka status not shown")
-    d = Dashboard(targets, settings, host=host, port=port, interval=interval, history_s=history,
-                  kafka_interval=kafka_interval)
+    if not auth and host not in ("127.0.0.1", "localhost", "::1"):
+        logging.getLogger("tidal.dashboard").warning(
+            "serving on %s without authentication: anyone who reaches it sees the pipelines (set --auth)", host)
+    try:
+        d = Dashboard(targets, settings, host=host, port=port, interval=interval, history_s=history,
+                      kafka_interval=kafka_interval, auth=auth or None, metrics_token=metrics_token or None)
+    except ValueError as exc:  # --auth that is not USER:PASSWORD
+        typer.echo(f"error: --auth / TIDAL_DASHBOARD_AUTH: {exc}", err=True)
+        raise typer.Exit(2) from None
     try:
         d.bind()
     except OSError as exc:
         typer.echo(f"error: cannot listen on {host}:{port}: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"dashboard on {d.url}  (scraping {', '.join(targets)}; "
-               f"Kafka: {settings.bootstrap if settings else 'off'})")
+               f"Kafka: {settings.bootstrap if settings else 'off'}; "
+               f"{'basic auth' if auth else 'no authentication'})")
     d.run()

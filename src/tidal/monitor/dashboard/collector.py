@@ -36,6 +36,7 @@ import time
 import urllib.request
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, Callable, Iterable, Mapping
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -314,22 +315,29 @@ class _Target:
                 "scrape_ms": self.scrape_ms, "pipelines": pipelines, "kind": self.kind}
 
 
-def fetch(url: str, timeout: float) -> str:
-    req = urllib.request.Request(url, headers={"Accept": "text/plain;version=0.0.4"})
+def fetch(url: str, timeout: float, token: str | None = None) -> str:
+    """The text of ``url`` (``token``: sent as ``Authorization: Bearer <token>``)."""
+    headers = {"Accept": "text/plain;version=0.0.4"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, headers=headers)
     with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - operator-given URLs
         return resp.read().decode("utf-8", "replace")
 
 
 class MetricsHistory:
-    """Scrape ``targets``; keep ``history_s`` seconds of per-pipeline snapshots; answer :meth:`summary`."""
+    """Scrape ``targets``; keep ``history_s`` seconds of per-pipeline snapshots; answer :meth:`summary`.
+
+    ``token``: the workers' ``$TIDAL_METRICS_TOKEN``, sent as a bearer token with every scrape."""
 
     def __init__(self, targets: list[str], history_s: float = 600.0, rate_window_s: float = 5.0,
-                 timeout: float = 2.0, fetcher: Callable[[str, float], str] = fetch) -> None:
+                 timeout: float = 2.0, fetcher: Callable[[str, float], str] = fetch,
+                 token: str | None = None) -> None:
         self.targets = [_Target(u) for u in targets]
         self.history_s = history_s
         self.rate_window_s = rate_window_s
         self.timeout = timeout
-        self.fetcher = fetcher
+        self.fetcher = partial(fetcher, token=token) if token and fetcher is fetch else fetcher
         self.snapshots: deque[tuple[float, dict[str, dict]]] = deque()
         self.scrapes = 0
         self._lock = threading.Lock()
@@ -344,8 +352,14 @@ class MetricsHistory:
         try:
             return target, parse_samples(self.fetcher(target.url, self.timeout), families), None, t0, families
         except Exception as exc:  # noqa: BLE001 - a down worker is shown, not raised
+            code = getattr(exc, "code", None)  # HTTPError: the worker answered, with an error status
             reason = getattr(exc, "reason", None)  # URLError: the socket error inside
-            error = str(reason) if reason is not None else f"{type(exc).__name__}: {exc}"
+            if code in (401, 403):
+                error = f"HTTP {code} {reason}: the worker wants its TIDAL_METRICS_TOKEN (--metrics-token)"
+            elif code is not None:
+                error = f"HTTP {code} {reason}"
+            else:
+                error = str(reason) if reason is not None else f"{type(exc).__name__}: {exc}"
             return target, None, error, t0, families
 
     def scrape(self, now: float | None = None) -> None:

@@ -11,6 +11,11 @@ Routes: ``GET /`` (the page, ``/?pipeline=NAME`` or ``/#pipeline=NAME`` for one 
 pipeline's, by default the first by name; ``pipeline=*`` sums every pipeline's scoring workers),
 ``GET /healthz``, ``GET /metrics`` (the dashboard's own: targets up, Kafka reachable), ``/static/...``.
 
+``auth="user:password"`` puts every route but ``/healthz`` behind HTTP Basic authentication
+(browsers ask once, then send it with the page's own requests); ``metrics_token`` is sent as
+``Authorization: Bearer <token>`` to workers that serve ``/metrics`` behind
+``$TIDAL_METRICS_TOKEN``.
+
 .. code-block:: python
 
     with Dashboard(["http://127.0.0.1:9400/metrics"], settings, port=0).start() as d:
@@ -19,6 +24,8 @@ pipeline's, by default the first by name; ``pipeline=*`` sums every pipeline's s
 
 from __future__ import annotations
 
+import base64
+import hmac
 import logging
 import threading
 import time
@@ -36,7 +43,7 @@ from starlette.staticfiles import StaticFiles
 from tidal.monitor.dashboard.collector import KafkaWatcher, MetricsHistory
 from tidal.httpserver import HttpServer
 
-__all__ = ["Dashboard", "create_app", "STATIC", "ALL"]
+__all__ = ["Dashboard", "BasicAuth", "create_app", "STATIC", "ALL"]
 
 log = logging.getLogger("tidal.dashboard")
 
@@ -63,16 +70,18 @@ class Dashboard(HttpServer):
 
     def __init__(self, targets: list[str], settings: Any = None, *, host: str = "127.0.0.1", port: int = 8080,
                  interval: float = 1.0, history_s: float = 600.0, kafka_interval: float = 5.0,
-                 log_level: str = "warning") -> None:
+                 log_level: str = "warning", auth: str | None = None, metrics_token: str | None = None) -> None:
         self.interval = interval
         self.kafka_interval = kafka_interval
-        self.history = MetricsHistory(targets, history_s=history_s, rate_window_s=max(5.0, 3 * interval))
+        self.history = MetricsHistory(targets, history_s=history_s, rate_window_s=max(5.0, 3 * interval),
+                                      token=metrics_token)
         self.kafka = KafkaWatcher(settings, timeout=max(2.0, min(10.0, kafka_interval)))
         self.own = _OwnMetrics()
         self.started_at = time.time()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        super().__init__(create_app(self), host, port, log_level)
+        app = create_app(self)
+        super().__init__(BasicAuth(app, auth) if auth else app, host, port, log_level)
 
     # -- data ------------------------------------------------------------------------------
     def scrape_once(self) -> None:
@@ -130,6 +139,30 @@ class Dashboard(HttpServer):
             t.join(max(0.0, deadline - time.monotonic()))
         self.history.close()
         super()._close()
+
+
+class BasicAuth:
+    """ASGI middleware: HTTP Basic authentication against one ``user:password`` (compared in
+    constant time); ``open_paths`` (the health check) stay open."""
+
+    realm = "tidal dashboard"
+
+    def __init__(self, app: Any, credentials: str, open_paths: tuple[str, ...] = ("/healthz",)) -> None:
+        user, colon, password = credentials.partition(":")
+        if not colon or not user or not password:
+            raise ValueError("dashboard auth must be USER:PASSWORD, both non-empty")
+        self.app, self.open_paths = app, open_paths
+        self._expected = b"Basic " + base64.b64encode(credentials.encode())
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope.get("path") not in self.open_paths:
+            given = dict(scope.get("headers") or ()).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self._expected):
+                await Response("authentication required\n", 401, media_type="text/plain", headers={
+                    "WWW-Authenticate": f'Basic realm="{self.realm}", charset="UTF-8"',
+                    "Cache-Control": "no-store"})(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _json(data: Any, status: int = 200) -> Response:

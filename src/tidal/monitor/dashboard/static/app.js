@@ -335,7 +335,9 @@ async function refresh() {
   clearTimeout(timer);
   try {
     const q = selected ? "?pipeline=" + encodeURIComponent(selected) : "";
-    const resp = await fetch("api/summary" + q, {cache: "no-store"});
+    // from the origin, not the page's URL: opened as http://user:password@host/ the page's URL
+    // holds credentials, which fetch() refuses (the browser still sends the ones it was given)
+    const resp = await fetch(new URL("api/summary" + q, location.origin + location.pathname), {cache: "no-store"});
     if (!resp.ok) throw new Error("HTTP " + resp.status);
     const d = await resp.json();
     if (!selected && d.selected) selected = d.selected;  // the default stays put when other pipelines appear
