@@ -11,7 +11,9 @@
    errors → ``RetrainStep``: on concept drift, retrain on the readings since the change,
    challenger vs champion on the newest of them, promote if better by 2 points);
 4. stream the rest in chunks; each chunk's labels arrive after its predictions (delayed
-   ground truth); the scoring worker hot-swaps whatever the monitor promotes;
+   ground truth), and a chunk waits for the monitor to have taken the labels of the one
+   before (the simulated plant keeps pace with the monitor, however fast the machine); the
+   scoring worker hot-swaps whatever the monitor promotes;
 5. report accuracy over time against the generator's truth, the drift alarms and their delay,
    and the accuracy before the change, right after it, and at the end.
 """
@@ -279,6 +281,11 @@ def run_demo(settings: KafkaSettings | None = None, events: int = 60_000, seed: 
             send(lo, hi)
             tracker.wait(hi - n_hist, max(5.0, deadline - time.monotonic()))
             produce_all(producer, topics.labels, gen.keys[lo:hi], gen.label_values(lo, hi))
+            # The simulated plant waits for the monitor to take the labels of the chunk before: at
+            # real rates a retrain (inline in the monitor) ends long before many readings arrive,
+            # and a slow or busy machine must not turn that into thousands of readings scored late.
+            while join.matched < lo - n_hist and time.monotonic() < deadline:
+                tracker.poll(0.02)
             if not quiet and time.monotonic() - last_print > 0.5:
                 last_print = time.monotonic()
                 console.print(f"  {hi:>7,}/{events:,} readings scored; joined {join.matched:,}; "
