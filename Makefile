@@ -33,9 +33,12 @@ system-deps:
 			postgresql mosquitto >/dev/null; \
 	else echo "note: prometheus/chromium/postgresql/mosquitto missing and not root: their tests will be skipped"; fi
 
+# The suite in TEST_WORKERS pytest-xdist processes, each with its own embedded broker and
+# TIDAL_HOME (most of a test's time is waiting on the broker, so 3 pay on 2 cores); 1: serially.
+TEST_WORKERS ?= 3
 test: $(STAMP) system-deps
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(if $(filter 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist worksteal)
 
 # Benchmark suite (bench/README.md): its extra packages (Quix Streams, Faust, matplotlib, ...)
 # go into the venv here, never into tidal's dependencies; `make test` does not need them.

@@ -12,6 +12,9 @@ import numpy as np
 import pytest
 
 # Keep tidal's local state (broker.json, demo folders) out of the user's home.
+# Under pytest-xdist each worker gets its own (and its own embedded broker, started by `broker`).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["TIDAL_HOME"] = tempfile.mkdtemp(prefix=f"tidal-test-home-{os.environ['PYTEST_XDIST_WORKER']}-")
 os.environ.setdefault("TIDAL_HOME", tempfile.mkdtemp(prefix="tidal-test-home-"))
 os.environ.pop("TIDAL_BOOTSTRAP_SERVERS", None)
 # Tests save models in their temporary folders: followers without a registry may load from there

@@ -48,6 +48,7 @@ class Gate:
         return self.real(*args, **kwargs)
 
 
+@pytest.mark.timeout(420)  # three rebalances on the embedded broker: 40-85 s alone, ~150 s in a parallel run
 def test_a_restore_does_not_stop_the_partitions_already_held(settings, name, monkeypatch):
     mine = dataclasses.replace(settings)  # worker one's own settings object: the gate knows its restores
     gate = Gate(restorer.restore_partitions, mine)
