@@ -124,6 +124,17 @@ def test_broker_drift_runs_on_a_tiny_input(tmp_path, bench_path):
     assert all(r["p50_ms"] <= r["p99_ms"] for r in only["per_second"])
 
 
+@pytest.mark.timeout(90)
+def test_client_costs_runs_on_a_tiny_input(tmp_path):
+    env = {**os.environ, "TIDAL_HOME": str(tmp_path / "home")}
+    cmd = [sys.executable, str(BENCH / "client_costs.py"), "--records", "2000", "--batch", "500", "--repeat", "1"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=80, env=env)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    rows = [line for line in run.stdout.splitlines() if line.startswith(("produce", "decode", "columns"))]
+    assert len(rows) == 8, run.stdout  # five produce variants, two decoders, the columns
+    assert "callbacks run 2,000" in run.stdout and "callbacks run 0" in run.stdout
+
+
 def test_every_scenario_script_compiles():
     for script in sorted((BENCH / "scenarios").glob("*.py")) + [BENCH / "run.py", BENCH / "plot.py", BENCH / "report.py"]:
         py_compile.compile(str(script), doraise=True)
