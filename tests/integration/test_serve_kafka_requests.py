@@ -289,3 +289,42 @@ def test_exactly_once_puts_responses_dead_letters_and_offsets_in_one_transaction
     assert [headers_of(m)["tidal.error.reason"] for m in read_all(settings, server.dlq, 1, "read_committed")] \
         == ["invalid_json"]
     assert server.worker.stats.commits >= 1 and server.worker.stats.aborted == 0
+
+
+def test_one_process_answers_kafka_requests_and_http_with_the_same_model(settings, name, toy_model):
+    """``tidal serve --kafka-input ... --http``: both protocols from one process and one repository."""
+    import urllib.request
+
+    from tidal.broker.embedded import free_port
+
+    src, out = f"{name}.in", f"{name}.out"
+    ensure_topics(settings, [TopicSpec(src, 1), TopicSpec(out, 1)])
+    port = free_port()
+    cmd = ["serve", str(toy_model), "--kafka-input", src, "--kafka-output", out, "--http", "--port", str(port),
+           "--log-level", "WARNING"]
+    proc = tidal_process(settings, *cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    body = request([[0.2, 0.9], [0.7, 0.1]], "both")
+    try:
+        producer = Producer(settings.client_config({"log_level": 3}))
+        producer.produce(src, body, b"k")
+        producer.flush(10)
+        wait_count(settings, [(out, 1)], 1, timeout=60, alive=lambda: proc.poll() is None)
+        (msg,) = read_all(settings, out, 1)
+        by_kafka = orjson.loads(msg.value())
+        base = f"http://127.0.0.1:{port}/v2"
+        assert urllib.request.urlopen(f"{base}/health/ready", timeout=5).status == 200
+        req = urllib.request.Request(f"{base}/models/toy/infer", data=body, headers={"Content-Type": "application/json"})
+        by_http = orjson.loads(urllib.request.urlopen(req, timeout=10).read())
+        assert by_http["id"] == by_kafka["id"] == "both" and by_http["model_name"] == by_kafka["model_name"] == "toy"
+        assert by_http["outputs"] == by_kafka["outputs"]
+        assert by_kafka["outputs"][0]["data"] == pytest.approx(
+            load_model(toy_model).predict(np.array([[0.2, 0.9], [0.7, 0.1]])).tolist(), rel=1e-12)
+        proc.send_signal(signal.SIGTERM)  # the worker drains and commits, then the HTTP server stops
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err.decode()[-2000:]
+        assert "answered 1 requests" in err.decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    with pytest.raises(OSError):  # nothing listens there any more
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/live", timeout=2)

@@ -97,3 +97,8 @@ def test_malformed_requests_are_dead_letters_with_reasons(folders):
 def test_cli_needs_an_input_topic_for_an_output_topic(folders):
     result = CliRunner().invoke(app, ["serve", str(folders["a"]), "--kafka-output", "x"])
     assert result.exit_code == 2 and "--kafka-input" in result.output
+
+
+def test_cli_http_goes_with_an_input_topic(folders):
+    result = CliRunner().invoke(app, ["serve", str(folders["a"]), "--http"])
+    assert result.exit_code == 2 and "--http goes with --kafka-input" in result.output

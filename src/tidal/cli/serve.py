@@ -68,9 +68,11 @@ def serve(models: Optional[List[str]] = typer.Argument(None, help="Model folders
           exactly_once: bool = typer.Option(False, "--exactly-once", help="Responses, dead letters and input "
                                             "offsets in one transaction (read the responses read_committed)."),
           metrics_port: int = typer.Option(0, "--metrics-port", help="With --kafka-input: the worker's "
-                                           "Prometheus /metrics on this port (0: off).")) -> None:
+                                           "Prometheus /metrics on this port (0: off)."),
+          http: bool = typer.Option(False, "--http", help="With --kafka-input: answer HTTP on --port (and gRPC "
+                                                        "with --grpc-port) as well, from the same models.")) -> None:
     """Serve models over the Open Inference Protocol v2 (HTTP, and gRPC with --grpc-port; Kafka with
-    --kafka-input) until Ctrl-C / SIGTERM."""
+    --kafka-input, and both with --kafka-input --http) until Ctrl-C / SIGTERM."""
     from tidal.models import ArtifactError
     from tidal.serve.repository import ModelRepository
     from tidal.serve.server import ModelServer
@@ -97,6 +99,8 @@ def serve(models: Optional[List[str]] = typer.Argument(None, help="Model folders
         _fail(str(exc))
     if kafka_output and not kafka_input:
         _fail("--kafka-output needs --kafka-input TOPIC")
+    if http and not kafka_input:
+        _fail("--http goes with --kafka-input TOPIC (without it, tidal serve answers HTTP anyway)")
     settings = None
     if follow or kafka_input:
         from tidal.cli.main import settings_or_exit
@@ -117,18 +121,29 @@ def serve(models: Optional[List[str]] = typer.Argument(None, help="Model folders
                 typer.echo(f"model {name}: {r.deployment.mode} v{r.primary.version} (following tidal.models)")
             except TimeoutError as exc:
                 typer.echo(f"warning: {exc}; serving anyway (not ready until a deployment arrives)", err=True)
+    server = None
+    if http or not kafka_input:
+        server = ModelServer(repo, host=host, port=port, max_batch_size=max_batch_size, max_batch_time=max_batch_time,
+                             max_body_bytes=max_body_bytes, max_rows=max_rows, token=token, workers=workers,
+                             grpc_port=grpc_port or None, max_in_flight=max_in_flight)
+        batching = (f"adaptive batching up to {max_batch_size} rows / {max_batch_time * 1000:g} ms"
+                    if server.plane.batcher_enabled else "no adaptive batching")
+        try:
+            server.bind()
+        except OSError as exc:
+            _fail(f"cannot listen on {host}:{port}: {exc}", 1)
+        grpc_note = f" and gRPC on {server.grpc_address}" if server.grpc is not None else ""
+        typer.echo(f"serving on {server.url}{grpc_note} ({batching}); Ctrl-C stops", err=True)
     if kafka_input:
+        if server is not None:  # HTTP (and gRPC) from a thread; the Kafka worker holds the main thread and its signals
+            try:
+                server.start()
+            except RuntimeError as exc:
+                _fail(str(exc), 1)
         _serve_kafka(repo, settings, kafka_input, kafka_output or f"{kafka_input}.responses", kafka_dlq, kafka_group,
-                     kafka_max_batch, max_batch_size, max_batch_time, max_rows, workers, exactly_once, metrics_port)
+                     kafka_max_batch, max_batch_size, max_batch_time, max_rows, workers, exactly_once, metrics_port,
+                     server)
         return
-    server = ModelServer(repo, host=host, port=port, max_batch_size=max_batch_size, max_batch_time=max_batch_time,
-                         max_body_bytes=max_body_bytes, max_rows=max_rows, token=token, workers=workers,
-                         grpc_port=grpc_port or None, max_in_flight=max_in_flight)
-    batching = (f"adaptive batching up to {max_batch_size} rows / {max_batch_time * 1000:g} ms"
-                if server.plane.batcher_enabled else "no adaptive batching")
-    server.bind()
-    grpc_note = f" and gRPC on {server.grpc_address}" if server.grpc is not None else ""
-    typer.echo(f"serving on {server.url}{grpc_note} ({batching}); Ctrl-C stops", err=True)
     try:
         server.run()
     except RuntimeError as exc:  # e.g. the gRPC port is taken
@@ -137,9 +152,10 @@ def serve(models: Optional[List[str]] = typer.Argument(None, help="Model folders
 
 def _serve_kafka(repo, settings, input: str, output: str, dlq: Optional[str], group: Optional[str], max_batch: int,
                  max_batch_size: int, max_batch_time: float, max_rows: int, workers: Optional[int],
-                 exactly_once: bool, metrics_port: int) -> None:
+                 exactly_once: bool, metrics_port: int, http_server=None) -> None:
     """``tidal serve --kafka-input``: the stream engine's worker answers until SIGTERM / Ctrl-C (then
-    it finishes the batch in hand, commits and exits)."""
+    it finishes the batch in hand, commits and exits); ``http_server`` (``--http``), already serving
+    the same repository, stops after it."""
     from tidal.serve.kafka import KafkaInference
 
     server = KafkaInference(repo, settings, input, output, dlq=dlq, group=group, max_batch=max_batch,
@@ -151,7 +167,10 @@ def _serve_kafka(repo, settings, input: str, output: str, dlq: Optional[str], gr
     try:
         stats = server.run()
     finally:
-        repo.close()
+        if http_server is not None:
+            http_server.stop()  # finishes its requests in flight, then closes the repository
+        else:
+            repo.close()
     typer.echo(f"answered {server.step.answered} requests, {stats.as_dict()['dlq_total']} dead letters", err=True)
 
 
