@@ -71,6 +71,7 @@ class Dashboard(HttpServer):
     def __init__(self, targets: list[str], settings: Any = None, *, host: str = "127.0.0.1", port: int = 8080,
                  interval: float = 1.0, history_s: float = 600.0, kafka_interval: float = 5.0,
                  log_level: str = "warning", auth: str | None = None, metrics_token: str | None = None) -> None:
+        guard = BasicAuth.checked(auth) if auth else None  # a malformed USER:PASSWORD fails before anything starts
         self.interval = interval
         self.kafka_interval = kafka_interval
         self.history = MetricsHistory(targets, history_s=history_s, rate_window_s=max(5.0, 3 * interval),
@@ -81,7 +82,7 @@ class Dashboard(HttpServer):
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         app = create_app(self)
-        super().__init__(BasicAuth(app, auth) if auth else app, host, port, log_level)
+        super().__init__(BasicAuth(app, guard) if guard else app, host, port, log_level)
 
     # -- data ------------------------------------------------------------------------------
     def scrape_once(self) -> None:
@@ -148,11 +149,16 @@ class BasicAuth:
     realm = "tidal dashboard"
 
     def __init__(self, app: Any, credentials: str, open_paths: tuple[str, ...] = ("/healthz",)) -> None:
+        self.app, self.open_paths = app, open_paths
+        self._expected = b"Basic " + base64.b64encode(self.checked(credentials).encode())
+
+    @staticmethod
+    def checked(credentials: str) -> str:
+        """``credentials`` if it is ``USER:PASSWORD`` with both parts non-empty, else ValueError."""
         user, colon, password = credentials.partition(":")
         if not colon or not user or not password:
             raise ValueError("dashboard auth must be USER:PASSWORD, both non-empty")
-        self.app, self.open_paths = app, open_paths
-        self._expected = b"Basic " + base64.b64encode(credentials.encode())
+        return credentials
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope.get("path") not in self.open_paths:
