@@ -282,3 +282,19 @@ def test_a_model_feature_the_schema_lacks_is_refused_before_the_run(tmp_path):
     r = subprocess.run([sys.executable, "-m", "tidal", "run", str(bad), "--bootstrap", "127.0.0.1:1"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "'humidity'" in r.stderr
+
+
+@pytest.mark.parametrize("value", ["false", "no", 0, 1, "true"])
+def test_exactly_once_is_a_yaml_boolean_not_a_truthy_string(value):
+    with pytest.raises(ValueError, match="exactly_once must be true or false"):
+        from_dict({"pipeline": "t", "exactly_once": value})
+    assert from_dict({"pipeline": "t", "exactly_once": False}).exactly_once is False
+    assert from_dict({"pipeline": "t", "exactly_once": True}).exactly_once is True
+
+
+def test_a_state_dir_alone_means_rocksdb_and_is_refused_with_memory(tmp_path):
+    window = {"window": {"key": "k", "aggs": {"n": ["x", "count"]}, "window_s": 60}}
+    p = from_dict({"pipeline": "t", "state": {"dir": "warm"}, "steps": [window]}, base=tmp_path)
+    assert p.steps[0].state_backend == "rocksdb" and p.steps[0].state_dir == str(tmp_path / "warm")
+    with pytest.raises(ValueError, match="state.dir keeps RocksDB databases"):
+        from_dict({"pipeline": "t", "state": {"backend": "memory", "dir": "warm"}, "steps": [window]}, base=tmp_path)

@@ -137,6 +137,13 @@ def _int(section: Mapping[str, Any], key: str, default: int, where: str) -> int:
     return int(value)
 
 
+def _bool(section: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = section.get(key, default)
+    if not isinstance(value, bool):  # "false" (quoted) would otherwise be true
+        raise ValueError(f"{key} must be true or false (unquoted), not {value!r}")
+    return value
+
+
 def _steps(entries: list[Mapping[str, Any]], base: Path) -> list[Step]:
     steps: list[Step] = []
     for entry in entries:
@@ -150,7 +157,8 @@ def _state(steps: list[Step], state: Mapping[str, Any], name: str, base: Path) -
     ``path`` (relative to the YAML file; default ``$TIDAL_HOME/state/<pipeline>``) holds the
     scratch databases; the changelog topics stay the record of truth. ``dir`` (relative to the
     YAML file too): a persistent folder instead, where ``rocksdb`` databases outlive restarts
-    with a checkpoint, so a restart on the same host replays only the changelog's tail.
+    with a checkpoint, so a restart on the same host replays only the changelog's tail (``dir``
+    alone means ``backend: rocksdb``; with ``memory`` it is an error).
     """
     from tidal.broker.embedded import tidal_home
     from tidal.stream.state import BACKENDS
@@ -158,9 +166,12 @@ def _state(steps: list[Step], state: Mapping[str, Any], name: str, base: Path) -
     unknown = set(state) - {"backend", "path", "dir"}
     if unknown:
         raise ValueError(f"unknown state keys {sorted(unknown)}; known: ['backend', 'path', 'dir']")
-    backend = state.get("backend", "memory")
+    backend = state.get("backend", "rocksdb" if state.get("dir") else "memory")  # a folder to keep: RocksDB
     if backend not in BACKENDS:
         raise ValueError(f"unknown state backend {backend!r}; use one of {BACKENDS}")
+    if state.get("dir") and backend != "rocksdb":
+        raise ValueError(f"state.dir keeps RocksDB databases across restarts; backend {backend!r} keeps nothing "
+                         f"on disk (use backend: rocksdb, or leave dir out)")
     path = Path(state["path"]) if state.get("path") else tidal_home() / "state" / name
     for step in steps:
         if step.state_name and step.state_backend is None:
@@ -208,7 +219,7 @@ def from_dict(spec: Mapping[str, Any], base: str | Path = ".", check: bool = Tru
         group=spec.get("group"),
         max_batch=_int(batch, "max_batch", 5000, "batch."),
         max_wait_ms=_int(batch, "max_wait_ms", 0, "batch."),
-        exactly_once=bool(spec.get("exactly_once", False)),
+        exactly_once=_bool(spec, "exactly_once", False),
         partitions=_int(spec, "partitions", 4, ""),
         consumer_config=dict(kafka.get("consumer") or {}),
         producer_config=dict(kafka.get("producer") or {}),
