@@ -97,3 +97,11 @@ def test_webhook_receives_the_event():
     finally:
         server.shutdown()
     assert received and received[0]["rule"] == "g" and received[0]["state"] == "firing"
+
+
+def test_a_rule_with_an_unknown_or_missing_key_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"unknown key 'window' \(did you mean 'window_s'\?\)"):
+        AlertRule.from_dict({"name": "r", "metric": "m", "rate": "> 1", "window": 30})
+    with pytest.raises(ValueError, match="metric is required"):
+        AlertRule.from_dict({"name": "r", "value": "> 1"})
+    assert AlertRule.from_dict({"name": "r", "metric": "m", "value": "> 1", "severity": "critical"}).severity == "critical"

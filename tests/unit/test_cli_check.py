@@ -137,3 +137,20 @@ def test_deploy_and_promote_refuse_a_version_the_pipeline_cannot_feed(models, tm
     result = runner.invoke(app, ["models", "deploy", "sensor", "--mode", "canary", "--version", "2", "--share", "0.1",
                                  "--registry", str(root), "--no-publish"])
     assert result.exit_code == 0 and "features not checked" in result.output  # no pipeline given: said, not refused
+
+
+def test_a_bad_alert_rule_is_an_error_before_the_run(tmp_path):
+    rules = [{"name": "ok", "metric": "tidal_dlq_total", "rate": "> 5"},
+             {"name": "late", "metric": "tidal_lag", "value": "> 100", "for": 60},  # for_s misspelt
+             {"name": "loud", "metric": "tidal_lag", "value": "> 1", "severity": "urgent"},
+             {"name": "two", "metric": "tidal_lag", "value": "> 1", "rate": "> 1"},
+             {"metric": "tidal_lag", "value": "> 1"}]
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"pipeline": "p", "schema": {"x": "float"}, "alerts": rules}))
+    code, out = run_check(path)
+    assert code == 1 and "Traceback" not in out
+    assert "alerts[0]" not in out
+    assert "alerts[1]: alert 'late': unknown key 'for' (did you mean 'for_s'?)" in out
+    assert "alerts[2]: alert 'loud': severity 'urgent'" in out
+    assert "alerts[3]: alert 'two': give exactly one of value, rate, absent_for_s" in out
+    assert "alerts[4]: alert None: name is required" in out

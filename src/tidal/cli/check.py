@@ -68,8 +68,20 @@ def check_spec(spec: Path, registry: Optional[Path] = None) -> Report:
     except TypeError as exc:
         report.errors.append(str(exc))
         return report
+    _alerts(pipeline, report)
     _models(pipeline, report, registry)
     return report
+
+
+def _alerts(pipeline: Any, report: Report) -> None:
+    """Each alert rule as the worker will read it: a bad one is an error now, not at start-up."""
+    from tidal.monitor.alerts import AlertRule
+
+    for i, rule in enumerate(pipeline.alerts):
+        try:
+            AlertRule.from_dict(rule)
+        except (ValueError, TypeError) as exc:
+            report.errors.append(f"alerts[{i}]: {exc}")
 
 
 def _models(pipeline: Any, report: Report, registry: Optional[Path]) -> None:

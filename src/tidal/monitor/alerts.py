@@ -53,6 +53,9 @@ def _condition(text: str) -> tuple[str, float]:
     return m.group(1), float(m.group(2))
 
 
+_RULE_KEYS = {"name", "metric", "value", "rate", "absent_for_s", "labels", "window_s", "for_s", "severity", "webhook"}
+
+
 @dataclass(frozen=True)
 class AlertRule:
     """One rule; build it from the YAML form with :meth:`from_dict`."""
@@ -70,7 +73,25 @@ class AlertRule:
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> "AlertRule":
+        """From ``{name:, metric:, value|rate|absent_for_s:, labels:, window_s:, for_s:, severity:,
+        webhook:}``; a missing or unknown key is a ValueError that names it (a misspelt ``for_s``
+        would otherwise leave the rule firing at once)."""
+        import difflib
+
         spec = dict(spec)
+        unknown = sorted(set(spec) - _RULE_KEYS)
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], sorted(_RULE_KEYS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"alert {spec.get('name')!r}: unknown key {unknown[0]!r}{hint}; "
+                             f"known: {sorted(_RULE_KEYS)}")
+        missing = [k for k in ("name", "metric") if not spec.get(k)]
+        if missing:
+            raise ValueError(f"alert {spec.get('name')!r}: {missing[0]} is required")
+        from tidal.stream.context import SEVERITIES
+
+        if spec.get("severity", "warning") not in SEVERITIES:
+            raise ValueError(f"alert {spec['name']!r}: severity {spec['severity']!r}; use one of {SEVERITIES}")
         kinds = [k for k in ("value", "rate", "absent_for_s") if k in spec]
         if len(kinds) != 1:
             raise ValueError(f"alert {spec.get('name')!r}: give exactly one of value, rate, absent_for_s")
