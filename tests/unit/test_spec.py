@@ -298,3 +298,20 @@ def test_a_state_dir_alone_means_rocksdb_and_is_refused_with_memory(tmp_path):
     assert p.steps[0].state_backend == "rocksdb" and p.steps[0].state_dir == str(tmp_path / "warm")
     with pytest.raises(ValueError, match="state.dir keeps RocksDB databases"):
         from_dict({"pipeline": "t", "state": {"backend": "memory", "dir": "warm"}, "steps": [window]}, base=tmp_path)
+
+
+def test_quality_parts_take_their_step_options_and_refuse_unknown_ones():
+    p = from_dict({"pipeline": "t", "schema": {"x": "float"}, "steps": [
+        {"validate": True},
+        {"impute": {"fields": {"x": "median"}, "window": 64, "max_keys": 10}},
+        {"outliers": {"fields": {"x": "mad"}, "window": 99, "flags": False}}]})
+    _, impute, outliers = p.steps
+    assert (impute.window, impute.max_keys) == (64, 10)
+    assert outliers.fields["x"]["window"] == 99 and outliers.flags is False
+    for step in ({"impute": {"fields": {"x": "median"}, "windw": 64}}, {"validate": {"flag": False}}):
+        with pytest.raises(ValueError, match="unknown option"):
+            from_dict({"pipeline": "t", "schema": {"x": "float"}, "steps": [step]})
+    with pytest.raises(ValueError, match="options must be a mapping"):
+        from_dict({"pipeline": "t", "steps": [{"window": "yes"}]})
+    with pytest.raises(ValueError, match="unknown key 'arg' \\(did you mean 'args'\\?\\)"):
+        from_dict({"pipeline": "t", "steps": [{"python": "os:getcwd", "arg": {}}]})

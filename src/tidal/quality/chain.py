@@ -41,13 +41,15 @@ ORDER = ("validate", "normalize", "impute", "outliers", "integrity", "profile")
 def make_step(kind: str, args: Any) -> QualityStep:
     args = {} if args in (None, True) else args
     if kind == "validate":
-        return ValidateStep(args.get("schema"), flags=args.get("flags", True))
+        return ValidateStep(**args)  # an unknown option is a TypeError that names it
     if kind == "normalize":
         return NormalizeStep(args)
-    if kind == "impute":
-        return ImputeStep(args.get("fields", args) if "fields" in args else args)
-    if kind == "outliers":
-        return OutlierStep(args.get("fields", args) if "fields" in args else args)
+    if kind in ("impute", "outliers"):  # {field: spec, ...}, or {fields: {...}, window: .., ...} with options
+        cls = ImputeStep if kind == "impute" else OutlierStep
+        if "fields" in args:
+            options = {k: v for k, v in args.items() if k != "fields"}
+            return cls(args["fields"], **options)
+        return cls(args)
     if kind == "integrity":
         return IntegrityStep(**args)
     return ProfileStep(**args)

@@ -77,12 +77,20 @@ def _python(target: str, args: Mapping[str, Any]) -> Step:
 def _step(entry: Mapping[str, Any], base: Path, previous: list[Step]) -> Step:
     entry = dict(entry)
     if "python" in entry:
+        extra = sorted(set(entry) - {"python", "args"})
+        if extra:
+            raise ValueError(f"python step {entry['python']!r}: unknown key {extra[0]!r}{_did_you_mean(extra[0], ['args'])}; "
+                             f"its options go under args:")
         return _python(entry["python"], entry.get("args") or {})
     types = step_types()
     if len(entry) != 1 or next(iter(entry)) not in types:
         raise ValueError(f"unknown step {entry!r}{_did_you_mean(next(iter(entry), ''), types)}; use one of "
                          f"{sorted(types)} or 'python: module:attr'")
     kind, args = next(iter(entry.items()))
+    if args is None or args is True:  # `- validate:` or `- validate: true`: the step with its defaults
+        args = {}
+    if not isinstance(args, Mapping):
+        raise ValueError(f"step `{kind}`: options must be a mapping, not {args!r}")
     factory = types[kind].load()
     try:
         return factory(dict(args or {}), base=base, kind=kind, previous=previous)
