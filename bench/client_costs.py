@@ -9,7 +9,9 @@ tidal's producer settings), the calls that cannot be vectorised away, in µs per
 
 - ``produce`` one call per record, with a Python delivery callback per record (tidal's
   at-least-once path), without one, and with ``delivery.report.only.error``;
-- ``produce_batch`` (confluent-kafka ≥ 2.13), which needs one dict per record;
+- ``produce_batch`` (confluent-kafka ≥ 2.13), which needs one dict per record, also one call
+  per partition with the partitions computed here as librdkafka's ``consistent_random`` does
+  (CRC32 of the key), so librdkafka enqueues each partition's records at once;
 - decoding with msgspec: one call per record (tidal) against one call on the batch joined
   into a JSON array, then the columns with one ``np.fromiter`` per field.
 
@@ -25,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+import zlib
 from operator import attrgetter
 from pathlib import Path
 
@@ -34,6 +37,7 @@ os.environ.setdefault("TIDAL_HOME", tempfile.mkdtemp(prefix="tidal-bench-home-")
 
 import numpy as np  # noqa: E402
 
+PARTITIONS = 4
 PRODUCER = {"enable.idempotence": True, "linger.ms": 2, "batch.size": 1_000_000, "compression.type": "lz4",
             "queue.buffering.max.messages": 1_000_000, "queue.buffering.max.kbytes": 2_097_151, "log_level": 3}
 
@@ -53,10 +57,20 @@ def produce_round(bootstrap: str, topic: str, mode: str, values: list[bytes], ke
         acks[0] += 1
 
     b = len(values)
-    cb = ack if mode in ("produce + callback", "produce, errors-only reports", "produce_batch + callback") else None
+    cb = None if "no callback" in mode else ack  # errors-only: the callback runs for failures only
+    parts = np.fromiter(map(zlib.crc32, keys), np.uint32, b) % PARTITIONS  # consistent_random, for keyed records
+    order = np.argsort(parts, kind="stable")
+    bounds = np.searchsorted(parts[order], np.arange(PARTITIONS + 1)).tolist()
     t0, c0 = time.perf_counter(), time.thread_time()
     for _ in range(total // b):
-        if mode.startswith("produce_batch"):
+        if mode == "produce_batch per partition + callback":
+            ids = order.tolist()
+            for q in range(PARTITIONS):
+                msgs = [{"value": values[i], "key": keys[i]} for i in ids[bounds[q]:bounds[q + 1]]]
+                if msgs:
+                    queued = p.produce_batch(topic, msgs, partition=q, on_delivery=cb)
+                    assert queued == len(msgs), f"produce_batch queued {queued} of {len(msgs)}"
+        elif mode.startswith("produce_batch"):
             msgs = [{"value": v, "key": k} for v, k in zip(values, keys)]
             if cb is None:
                 queued = p.produce_batch(topic, msgs)
@@ -115,12 +129,12 @@ def main() -> None:
 
     events = make_events(args.batch)
     modes = ["produce + callback", "produce, no callback", "produce, errors-only reports",
-             "produce_batch + callback", "produce_batch, no callback"]
+             "produce_batch + callback", "produce_batch, no callback", "produce_batch per partition + callback"]
     results: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
     with EmbeddedBroker() as broker:
         settings = KafkaSettings(broker.bootstrap)
         topics = {(m, r): f"costs-{i}-{r}" for i, m in enumerate(modes) for r in range(args.repeat)}
-        ensure_topics(settings, [TopicSpec(t, 4) for t in topics.values()])
+        ensure_topics(settings, [TopicSpec(t, PARTITIONS) for t in topics.values()])
         for r in range(args.repeat):
             for m in modes:
                 main_us, wall_us, acks = produce_round(broker.bootstrap, topics[(m, r)], m, events.values,

@@ -131,7 +131,7 @@ def test_client_costs_runs_on_a_tiny_input(tmp_path):
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=80, env=env)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     rows = [line for line in run.stdout.splitlines() if line.startswith(("produce", "decode", "columns"))]
-    assert len(rows) == 8, run.stdout  # five produce variants, two decoders, the columns
+    assert len(rows) == 9, run.stdout  # six produce variants, two decoders, the columns
     assert "callbacks run 2,000" in run.stdout and "callbacks run 0" in run.stdout
 
 
