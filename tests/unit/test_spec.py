@@ -315,3 +315,13 @@ def test_quality_parts_take_their_step_options_and_refuse_unknown_ones():
         from_dict({"pipeline": "t", "steps": [{"window": "yes"}]})
     with pytest.raises(ValueError, match="unknown key 'arg' \\(did you mean 'args'\\?\\)"):
         from_dict({"pipeline": "t", "steps": [{"python": "os:getcwd", "arg": {}}]})
+
+
+def test_a_window_steps_own_state_folders_are_relative_to_the_yaml_file(tmp_path):
+    window = {"key": "k", "aggs": {"n": ["x", "count"]}, "window_s": 60, "state_backend": "rocksdb",
+              "state_path": "scratch", "state_dir": "warm"}
+    (step,) = from_dict({"pipeline": "t", "steps": [{"window": window}]}, base=tmp_path).steps
+    assert (step.state_path, step.state_dir) == (str(tmp_path / "scratch"), str(tmp_path / "warm"))
+    (step,) = from_dict({"pipeline": "t", "steps": [{"window": {**window, "state_dir": "/abs/warm"}}]},
+                        base=tmp_path).steps
+    assert step.state_dir == "/abs/warm"

@@ -16,10 +16,14 @@ __all__ = ["windowed", "sql", "enrich"]
 
 
 def windowed(args: dict, base: Any = None, kind: str = "window", previous: list | None = None) -> Step:
-    """``window`` (tumbling/hopping), ``sliding`` and ``session`` aggregates per key."""
+    """``window`` (tumbling/hopping), ``sliding`` and ``session`` aggregates per key; a step's own
+    ``state_path`` / ``state_dir`` are relative to the YAML file, as the ``state`` section's are."""
     from tidal.features import SessionAggregate, SlidingAggregate, WindowAggregate
 
     cls = {"window": WindowAggregate, "sliding": SlidingAggregate, "session": SessionAggregate}[kind]
+    for folder in ("state_path", "state_dir"):
+        if args.get(folder) and base is not None and not Path(args[folder]).is_absolute():
+            args[folder] = str(Path(base) / args[folder])
     return cls(args.pop("key"), dict(args.pop("aggs")), **args)
 
 
