@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from tidal.models.score import ScoreStep
+from tidal.stream.schema import Schema
 from tidal.stream.spec import from_dict, load_pipeline
 from tidal.stream.step import FunctionStep, Step
 
@@ -325,3 +326,12 @@ def test_a_window_steps_own_state_folders_are_relative_to_the_yaml_file(tmp_path
     (step,) = from_dict({"pipeline": "t", "steps": [{"window": {**window, "state_dir": "/abs/warm"}}]},
                         base=tmp_path).steps
     assert step.state_dir == "/abs/warm"
+
+
+def test_a_field_named_properties_is_a_field_not_a_json_schema():
+    s = Schema.from_dict({"properties": "str", "price": "float"})
+    assert s.names == ["properties", "price"]
+    s = Schema.from_dict({"properties": {"type": "str", "required": False}})
+    assert s.names == ["properties"] and s.fields[0].required is False
+    js = Schema.from_dict({"type": "object", "properties": {"price": {"type": "number"}}, "required": ["price"]})
+    assert js.names == ["price"] and js.fields[0].type == "float"

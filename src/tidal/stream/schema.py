@@ -190,7 +190,10 @@ class Schema:
 
         A JSON Schema document (``{"type": "object", "properties": ...}``) is imported too.
         """
-        if "properties" in spec and spec.get("type", "object") == "object" or "$schema" in spec:
+        props = spec.get("properties")
+        json_schema = (isinstance(props, Mapping) and all(isinstance(v, Mapping) for v in props.values())
+                       and spec.get("type", "object") == "object")  # not a field named "properties"
+        if json_schema or "$schema" in spec:
             return cls.from_json_schema(spec)
         fields = []
         for name, value in spec.items():
