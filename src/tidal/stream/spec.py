@@ -93,7 +93,7 @@ def _step(entry: Mapping[str, Any], base: Path, previous: list[Step]) -> Step:
         raise ValueError(f"step `{kind}`: options must be a mapping, not {args!r}")
     factory = types[kind].load()
     try:
-        return factory(dict(args or {}), base=base, kind=kind, previous=previous)
+        return factory(dict(args), base=base, kind=kind, previous=previous)
     except TypeError as exc:  # a misspelt option: say which, and what was meant
         raise ValueError(f"step `{kind}`: {_option_error(exc)}") from None
 
